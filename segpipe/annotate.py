@@ -1,0 +1,169 @@
+"""The annotate job on the driver: guard the destination, plan, run the pool, merge, summarize."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from segpipe import layout
+from segpipe.config import JobConfig
+from segpipe.executor import ShardPool, WorkerSpec, default_num_workers, init_ray
+from segpipe.merge import write_merged_panoptic
+from segpipe.plan import Plan, read_plan, write_plan
+from segpipe.progress import Progress
+from segpipe.segmenter import Segmenter
+from segpipe.sources import open_source
+from segpipe.storage import Folder
+from segpipe.writer import RunContext
+
+log = logging.getLogger(__name__)
+
+
+class JobFailed(RuntimeError):
+    """The job ran but did not fully succeed; the summary at DST says what failed."""
+
+
+class DestinationMismatch(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class RunState:
+    run: RunContext
+    plan: Plan
+
+
+def guard_destination(dst: Folder, config: JobConfig) -> None:
+    """Refuse to mix outputs of different models/tasks/settings in one destination."""
+    wanted = config.fingerprint()
+    if dst.exists(layout.JOB):
+        stored = dst.read_json(layout.JOB)["fingerprint"]
+        if stored != wanted:
+            diffs = ", ".join(f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}"
+                              for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k))
+            raise DestinationMismatch(
+                f"{config.dst} holds outputs made with different settings ({diffs}). "
+                "Write to a new destination, or delete this one to start over.")
+        return
+    dst.write_json(layout.JOB, {"fingerprint": wanted, "fingerprint_hash": config.fingerprint_hash()})
+
+
+def list_runs(dst: Folder) -> list[str]:
+    keys = dst.list(f"{layout.META}/runs")
+    return sorted({k.split("/")[2] for k in keys if k.endswith("/run.json") and k.count("/") == 3})
+
+
+def run_complete(dst: Folder, run_id: str) -> bool:
+    return dst.exists(layout.summary(run_id)) and dst.read_json(layout.summary(run_id))["status"] == "complete"
+
+
+def prepare_run(dst: Folder, config: JobConfig, source: Any) -> RunState:
+    """Resume the latest unfinished run, or start a new one (first run, or --incremental)."""
+    runs = list_runs(dst)
+    if runs and not (config.incremental and run_complete(dst, runs[-1])):
+        run_id = runs[-1]
+        record = dst.read_json(layout.run_record(run_id))
+    else:
+        run_id = f"{len(runs) + 1:05d}"
+        record = {"run_id": run_id, "started_at": datetime.now(timezone.utc).isoformat(),
+                  "config": config.to_dict(), "incremental": config.incremental}
+        dst.write_json(layout.run_record(run_id), record)
+    run = RunContext(run_id, datetime.fromisoformat(record["started_at"]), config.model,
+                     config.revision, config.task)
+    plan = read_plan(dst, run_id)
+    if plan is None:
+        skip = None
+        if config.incremental:
+            from segpipe.incremental import seen_filter
+
+            skip = seen_filter(dst)
+        plan = write_plan(source, dst, run_id, config.shard_size, skip=skip)
+    return RunState(run, plan)
+
+
+def annotate(config: JobConfig) -> dict[str, Any]:
+    """Run the job to the end; returns the run summary (also written to DST)."""
+    started = time.time()
+    dst = Folder(config.dst, config.storage_options)
+    source = open_source(config.src, source_format=config.source_format,
+                         storage_options=config.storage_options, image_column=config.image_column,
+                         uri_column=config.uri_column, id_column=config.id_column)
+    guard_destination(dst, config)
+    state = prepare_run(dst, config, source)
+    run_id = state.run.run_id
+    done = {k.rsplit("/", 1)[1][: -len(".json")] for k in dst.list(f"{layout.run_dir(run_id)}/commits")}
+    todo = [sid for sid in state.plan.shard_ids() if sid not in done]
+    log.info("run %s: %d shards planned, %d committed, %d to do", run_id,
+             state.plan.num_shards, len(done), len(todo))
+
+    init_ray(config.address)
+    num_workers = config.num_workers or default_num_workers(config.gpus_per_worker)
+    segmenter = Segmenter(
+        config.model, task=config.task, revision=config.revision, dtype=config.dtype,
+        device=config.device, label_map=config.label_map, threshold=config.threshold,
+        mask_threshold=config.mask_threshold,
+        overlap_mask_area_threshold=config.overlap_mask_area_threshold,
+        allow_pickle_weights=config.allow_pickle_weights, storage_options=config.storage_options)
+    spec = WorkerSpec(source, segmenter, dst, state.run, config.batch_size, config.read_threads,
+                      config.max_image_pixels, torch_threads=max(1, int(config.cpus_per_worker)),
+                      fault=_fault_shard())
+    pool = ShardPool(spec, num_workers=num_workers, gpus_per_worker=config.gpus_per_worker,
+                     cpus_per_worker=config.cpus_per_worker, max_attempts=config.max_attempts)
+    done_images = sum(dst.read_json(layout.commit(run_id, sid))["images"] for sid in done) if done else 0
+    progress = Progress(total=state.plan.num_images, initial=done_images,
+                        enabled=config.progress, stream=sys.stderr)
+    with progress:
+        result = pool.run(todo, progress.update)
+    write_merged_panoptic(dst, exclude_image_ids=_superseded(dst))
+    summary = _summarize(dst, config, state, result, started, progress)
+    dst.write_json(layout.summary(run_id), summary)
+    if result.failed:
+        raise JobFailed(f"{len(result.failed)} shard(s) failed: "
+                        + "; ".join(f"{sid}: {err}" for sid, err in sorted(result.failed.items()))
+                        + f". Run the same command again to retry them. Summary: {dst.url_of(layout.summary(run_id))}")
+    if summary["error_rate"] > config.max_error_rate:
+        raise JobFailed(f"{summary['errors']} of {summary['images']} images failed "
+                        f"({summary['error_rate']:.1%} > --max-error-rate {config.max_error_rate:.1%}); "
+                        "see the errors table")
+    return summary
+
+
+def _superseded(dst: Folder) -> set[int]:
+    from segpipe.incremental import superseded_image_ids
+
+    return superseded_image_ids(dst)
+
+
+def _fault_shard() -> str | None:
+    import os
+
+    return os.environ.get("SEGPIPE_FAULT_SHARD") or None
+
+
+def _summarize(dst: Folder, config: JobConfig, state: RunState, result: Any, started: float,
+               progress: Progress) -> dict[str, Any]:
+    run_id = state.run.run_id
+    markers = [dst.read_json(k) for k in dst.list(f"{layout.run_dir(run_id)}/commits")]
+    images = sum(m["images"] for m in markers)
+    errors = sum(m["errors"] for m in markers)
+    elapsed = time.time() - started
+    status = "complete" if len(markers) == state.plan.num_shards else "incomplete"
+    return {
+        "run_id": run_id, "status": status, "started_at": state.run.created_at.isoformat(),
+        "finished_at": datetime.now(timezone.utc).isoformat(), "duration_s": round(elapsed, 3),
+        "model": config.model, "revision": config.revision, "task": config.task,
+        "shards": {"planned": state.plan.num_shards, "committed": len(markers),
+                   "failed": len(result.failed)},
+        "failed_shards": result.failed,
+        "images": images, "planned_images": state.plan.num_images,
+        "annotated": sum(m["annotated"] for m in markers), "errors": errors,
+        "segments": sum(m["segments"] for m in markers),
+        "error_rate": errors / images if images else 0.0,
+        "images_this_session": progress.processed,
+        "images_per_s": round(progress.processed / elapsed, 3) if elapsed > 0 else 0.0,
+        "workers_replaced": result.workers_replaced,
+    }

@@ -1,0 +1,205 @@
+"""The `segpipe` command. Flags map onto JobConfig in exactly one place: `config_from_args`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from segpipe.config import DTYPES, TASKS, JobConfig
+
+SOURCE_FORMATS = ("images", "webdataset", "parquet", "manifest")
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def add_job_options(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """The annotate options; `segpipe run SPEC` reuses them as overrides (all optional)."""
+    S = argparse.SUPPRESS
+    if required:
+        p.add_argument("src", help="images to annotate: a folder, prefix or glob, local or any "
+                       "fsspec URL (s3://bucket/raw/, 's3://lake/**/*.jpg'), WebDataset .tar "
+                       "shards, a Parquet table, or a manifest of URIs")
+        p.add_argument("dst", help="output prefix, local or s3:// (see the README's output contract)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=S, help="hub id, local folder, object-store URL, or "
+                   "builtin:demo (default: builtin:demo)")
+    g.add_argument("--revision", default=S, help="model revision (branch, tag or commit) for hub ids")
+    g.add_argument("--task", choices=TASKS, default=S, help="panoptic (default), instance or semantic")
+    g.add_argument("--dtype", choices=tuple(DTYPES), default=S,
+                   help="model precision: fp32 (default), bf16 or fp16")
+    g.add_argument("--device", default=S, help="torch device for the model (default: the worker's "
+                   "GPU if it has one, else cpu)")
+    g.add_argument("--label-map", default=S, help="JSON file of categories {id,name,isthing,color} "
+                   "for models whose labels match no bundled set (COCO panoptic, ADE20K, Cityscapes)")
+    g.add_argument("--threshold", type=float, default=S, help="minimum query score to keep a "
+                   "segment (default: 0.8 panoptic, 0.5 instance, as transformers)")
+    g.add_argument("--mask-threshold", type=float, default=S, help="mask probability threshold (0.5)")
+    g.add_argument("--overlap-mask-area-threshold", type=float, default=S,
+                   help="drop a segment keeping less than this share of its mask (0.8)")
+    g.add_argument("--allow-pickle-weights", action="store_true", default=S,
+                   help="also load non-safetensors weights (pickle; only for checkpoints you trust)")
+    g = p.add_argument_group("execution")
+    g.add_argument("--batch-size", type=int, default=S, help="images per model batch (8)")
+    g.add_argument("--shard-size", type=int, default=S,
+                   help="images per shard, the unit of work, retry and commit (256)")
+    g.add_argument("--num-workers", type=int, default=S, help="Ray actors to run (default: one "
+                   "per GPU; on a cluster without GPUs, one per 8 CPUs)")
+    g.add_argument("--gpus-per-worker", type=float, default=S,
+                   help="GPUs each worker declares, fractions allowed (1)")
+    g.add_argument("--cpus-per-worker", type=float, default=S, help="CPUs each worker declares (1)")
+    g.add_argument("--max-attempts", type=int, default=S,
+                   help="attempts per shard before it is recorded as failed (3)")
+    g.add_argument("--max-error-rate", type=float, default=S, help="fail the job when more than "
+                   "this share of images end in the errors table (1.0: never)")
+    g.add_argument("--address", default=S, help="Ray cluster to join (default: RAY_ADDRESS, else a "
+                   "local Ray)")
+    g.add_argument("--read-threads", type=int, default=S,
+                   help="concurrent object reads per worker (8)")
+    g.add_argument("--max-image-pixels", type=int, default=S,
+                   help="decompression-bomb limit: larger images become errors (89478485)")
+    g.add_argument("--incremental", action="store_true", default=S,
+                   help="annotate only images not yet annotated at DST, as a new run")
+    g.add_argument("--no-progress", dest="progress", action="store_false", default=S,
+                   help="log lines instead of a progress bar")
+    g = p.add_argument_group("source and storage")
+    g.add_argument("--source-format", choices=SOURCE_FORMATS, default=S,
+                   help="kind of SRC (default: picked from SRC)")
+    g.add_argument("--image-column", default=S, help="Parquet source: column of image bytes")
+    g.add_argument("--uri-column", default=S, help="Parquet/CSV source: column of image URIs")
+    g.add_argument("--id-column", default=S, help="Parquet source: column carried as the row's id")
+    g.add_argument("--storage-options", type=_json_object, default=S,
+                   help="JSON object of fsspec options for SRC and DST, over the standard AWS "
+                   "environment and config files (e.g. '{\"endpoint_url\": \"http://...\"}')")
+
+
+def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> JobConfig:
+    values = dict(base or {})
+    values.update({k: v for k, v in vars(args).items() if k not in ("command", "func", "spec", "verbose")})
+    return JobConfig.from_dict(values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segpipe", description="Auto-label images at scale with universal segmentation on Ray.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("annotate", help="segment images into COCO-panoptic + Parquet pre-labels",
+                       description="Plan SRC into shards and annotate them on a pool of Ray "
+                       "workers; rerun the same command to resume.")
+    add_job_options(p)
+    p.set_defaults(func=cmd_annotate)
+
+    p = sub.add_parser("status", help="planned, committed, failed and pending shards of DST")
+    p.add_argument("dst")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--storage-options", type=_json_object, default=None)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("eval", help="panoptic quality (PQ/SQ/RQ) of DST against ground truth")
+    p.add_argument("pred_dst", help="a segpipe destination (its panoptic.json and panoptic/)")
+    p.add_argument("gt", help="folder with the ground truth panoptic.json and panoptic/ PNGs")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--storage-options", type=_json_object, default=None)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("synth", help="write synthetic scenes with COCO-panoptic ground truth")
+    p.add_argument("out")
+    p.add_argument("--count", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--storage-options", type=_json_object, default=None)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("demo", help="synthesize scenes, annotate them with builtin:demo, evaluate")
+    p.add_argument("--out", default="demo-out")
+    p.add_argument("--count", type=int, default=200)
+    p.add_argument("--seed", type=int, default=999)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def cmd_annotate(args: argparse.Namespace) -> int:
+    from segpipe.annotate import annotate
+
+    config = config_from_args(args)
+    summary = annotate(config)
+    _print_outputs(config.dst, summary)
+    return 0
+
+
+def _print_outputs(dst: str, summary: dict[str, Any]) -> None:
+    root = dst.rstrip("/")
+    print(f"run {summary['run_id']}: {summary['images']} images, {summary['annotated']} annotated, "
+          f"{summary['errors']} errors, {summary['segments']} segments "
+          f"({summary['images_per_s']} images/s)")
+    print(f"  COCO panoptic: {root}/panoptic.json  (PNGs in {root}/panoptic/)")
+    print(f"  tables:        {root}/tables/segments/  {root}/tables/images/  {root}/tables/errors/")
+    print(f"  run summary:   {root}/_segpipe/runs/{summary['run_id']}/summary.json")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from segpipe.status import format_status, job_status
+    from segpipe.storage import Folder
+
+    status = job_status(Folder(args.dst, args.storage_options or {}))
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from segpipe.evaluate import evaluate, format_report
+
+    pred, gt = args.pred_dst.rstrip("/"), args.gt.rstrip("/")
+    result = evaluate(f"{pred}/panoptic.json", f"{pred}/panoptic", f"{gt}/panoptic.json",
+                      f"{gt}/panoptic", storage_options=args.storage_options)
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from segpipe.synth import write_scenes
+
+    write_scenes(args.out, args.count, args.seed, storage_options=args.storage_options)
+    print(f"wrote {args.count} scenes to {args.out} (images/, panoptic.json, panoptic/)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from segpipe.demo import run_demo
+
+    return run_demo(args.out, count=args.count, seed=args.seed)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's one place that turns errors into messages
+        from segpipe.storage import redact
+
+        if args.verbose:
+            raise
+        print(f"segpipe {args.command}: error: {redact(str(exc))}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

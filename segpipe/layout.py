@@ -1,0 +1,63 @@
+"""Where everything lives under a destination. Every key derives from run, shard and image ids.
+
+    DST/panoptic.json                       merged COCO panoptic (committed shards only)
+    DST/panoptic/<run>/<image_id>.png            panoptic id maps
+    DST/semantic/<run>/<image_id>.png            semantic label maps (task semantic)
+    DST/tables/<table>/run=<run>/<shard>.parquet
+    DST/_segpipe/job.json                   the config fingerprint guarding DST
+    DST/_segpipe/runs/<run>/run.json        the run record (start time, config)
+    DST/_segpipe/runs/<run>/plan/<shard>.json, plan.json (written last: plan complete)
+    DST/_segpipe/runs/<run>/fragments/<shard>.json   COCO fragment of one shard
+    DST/_segpipe/runs/<run>/commits/<shard>.json     commit marker, written last
+    DST/_segpipe/runs/<run>/failed/<shard>.json      a shard that ran out of attempts
+    DST/_segpipe/runs/<run>/summary.json
+"""
+
+from __future__ import annotations
+
+from segpipe.identity import panoptic_png_key, semantic_png_key
+
+META = "_segpipe"
+JOB = f"{META}/job.json"
+MERGED_PANOPTIC = "panoptic.json"
+
+
+def run_dir(run_id: str) -> str:
+    return f"{META}/runs/{run_id}"
+
+
+def run_record(run_id: str) -> str:
+    return f"{run_dir(run_id)}/run.json"
+
+
+def plan_shard(run_id: str, shard_id: str) -> str:
+    return f"{run_dir(run_id)}/plan/{shard_id}.json"
+
+
+def plan_done(run_id: str) -> str:
+    return f"{run_dir(run_id)}/plan.json"
+
+
+def fragment(run_id: str, shard_id: str) -> str:
+    return f"{run_dir(run_id)}/fragments/{shard_id}.json"
+
+
+def commit(run_id: str, shard_id: str) -> str:
+    return f"{run_dir(run_id)}/commits/{shard_id}.json"
+
+
+def failed(run_id: str, shard_id: str) -> str:
+    return f"{run_dir(run_id)}/failed/{shard_id}.json"
+
+
+def summary(run_id: str) -> str:
+    return f"{run_dir(run_id)}/summary.json"
+
+
+def panoptic_png(run_id: str, image_id: int) -> str:
+    """Partitioned by run, so a re-annotated image never overwrites an earlier run's PNG."""
+    return f"panoptic/{run_id}/{panoptic_png_key(image_id)}"
+
+
+def semantic_png(run_id: str, image_id: int) -> str:
+    return f"semantic/{run_id}/{semantic_png_key(image_id)}"

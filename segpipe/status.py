@@ -1,0 +1,51 @@
+"""`segpipe status`: what a destination holds, from its plan, commit markers and summaries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from segpipe import layout
+from segpipe.plan import read_plan
+from segpipe.storage import Folder
+
+
+def job_status(dst: Folder) -> dict[str, Any]:
+    runs = sorted({k.split("/")[2] for k in dst.list(f"{layout.META}/runs") if k.endswith("/run.json")})
+    out: dict[str, Any] = {"dst": dst.url, "runs": []}
+    for run_id in runs:
+        plan = read_plan(dst, run_id)
+        committed = dst.list(f"{layout.run_dir(run_id)}/commits")
+        failed = {k.rsplit("/", 1)[1][:-5] for k in dst.list(f"{layout.run_dir(run_id)}/failed")}
+        summary = dst.read_json(layout.summary(run_id)) if dst.exists(layout.summary(run_id)) else None
+        images_done = sum(dst.read_json(k)["images"] for k in committed)
+        num_shards = plan.num_shards if plan else None
+        failed_now = sorted((summary or {}).get("failed_shards", {})) if summary else sorted(failed)
+        out["runs"].append({
+            "run_id": run_id,
+            "planned": plan is not None,
+            "shards": {"planned": num_shards, "committed": len(committed),
+                       "failed": len(failed_now),
+                       "pending": None if num_shards is None else num_shards - len(committed)},
+            "images": {"planned": plan.num_images if plan else None, "committed": images_done},
+            "failed_shards": failed_now,
+            "last_summary": summary,
+        })
+    return out
+
+
+def format_status(status: dict[str, Any]) -> str:
+    lines = [f"destination {status['dst']}"]
+    if not status["runs"]:
+        lines.append("  no runs yet")
+    for run in status["runs"]:
+        s, i = run["shards"], run["images"]
+        lines.append(f"run {run['run_id']}: shards {s['committed']}/{s['planned']} committed, "
+                     f"{s['failed']} failed, {s['pending']} pending; images {i['committed']}/{i['planned']}")
+        summary = run["last_summary"]
+        if summary:
+            lines.append(f"  last session: {summary['status']}, {summary['images_this_session']} images "
+                         f"in {summary['duration_s']:.1f}s ({summary['images_per_s']} images/s), "
+                         f"{summary['errors']} errors")
+        for sid in run["failed_shards"]:
+            lines.append(f"  failed shard {sid}")
+    return "\n".join(lines)

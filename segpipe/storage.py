@@ -1,0 +1,205 @@
+"""Every data path goes through here: fsspec URLs, folders rooted at a prefix, safe keys.
+
+A `Folder` is an fsspec filesystem plus a root path. Keys inside a folder are
+relative, '/'-separated and checked so that no key can name a place outside the root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import fsspec
+from fsspec.core import split_protocol, strip_protocol
+
+T = TypeVar("T")
+
+_SAFE_KEY_PART = re.compile(r"^[A-Za-z0-9._=+-]+$")
+
+
+class UnsafeKeyError(ValueError):
+    """A key that would escape its folder or is not a plain relative key."""
+
+
+def storage_options_for(url: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """fsspec options for `url`: the standard environment, then explicit overrides.
+
+    s3fs already reads AWS_ACCESS_KEY_ID, profiles and config files through botocore;
+    the endpoint is read here as well so that older botocore releases honour it too.
+    """
+    protocol, _ = split_protocol(url)
+    options: dict[str, Any] = {}
+    if protocol in ("s3", "s3a"):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            options["endpoint_url"] = endpoint
+        region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+        if region:
+            options.setdefault("client_kwargs", {})["region_name"] = region
+        profile = os.environ.get("AWS_PROFILE")
+        if profile:
+            options["profile"] = profile
+    if overrides:
+        options.update(overrides)
+    return options
+
+
+def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and protocol-less path for `url`."""
+    protocol, _ = split_protocol(url)
+    fs = fsspec.filesystem(protocol or "file", **storage_options_for(url, storage_options))
+    return fs, strip_protocol(url) if protocol else os.path.abspath(url)
+
+
+def check_key(key: str) -> str:
+    """Return `key` if it is a plain relative key; raise otherwise.
+
+    Output keys derive from ids, so this is a guard, not a sanitizer: it refuses
+    absolute keys, '..', backslashes, percent-encoding and non-ASCII rather than
+    trying to repair them.
+    """
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(
+        part in ("", ".", "..") or not _SAFE_KEY_PART.match(part) for part in parts
+    ):
+        raise UnsafeKeyError(f"refusing output key {key!r}: not a plain relative key")
+    return key
+
+
+@dataclass(frozen=True)
+class Folder:
+    """A root prefix on some filesystem; all reads and writes take relative keys."""
+
+    url: str
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        return filesystem(self.url, self.storage_options)[0]
+
+    @property
+    def root(self) -> str:
+        return filesystem(self.url, self.storage_options)[1].rstrip("/")
+
+    @property
+    def is_local(self) -> bool:
+        protocol, _ = split_protocol(self.url)
+        return protocol in (None, "file", "local")
+
+    def path(self, key: str) -> str:
+        return f"{self.root}/{check_key(key)}"
+
+    def url_of(self, key: str) -> str:
+        protocol, _ = split_protocol(self.url)
+        path = self.path(key)
+        return f"{protocol}://{path}" if protocol and not self.is_local else path
+
+    def sub(self, key: str) -> Folder:
+        return Folder(self.url_of(key), self.storage_options)
+
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(self.path(key))
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Write one whole object. Local writes go through a temp file and rename, so
+        a reader never sees half a file; object stores make a PUT atomic already."""
+        path = self.path(key)
+        fs = self.fs
+        if self.is_local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.tmp-{os.getpid()}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        else:
+            with_retries(lambda: fs.pipe_file(path, data), what=self.url_of(key))
+
+    def read_bytes(self, key: str) -> bytes:
+        fs = self.fs
+        return with_retries(lambda: fs.cat_file(self.path(key)), what=self.url_of(key))
+
+    def write_json(self, key: str, obj: Any) -> None:
+        self.write_bytes(key, json.dumps(obj, sort_keys=True, separators=(",", ":")).encode())
+
+    def read_json(self, key: str) -> Any:
+        return json.loads(self.read_bytes(key))
+
+    def list(self, prefix: str) -> list[str]:
+        """Keys (relative to the root) of the files under `prefix`, sorted."""
+        fs = self.fs
+        base = self.path(prefix)
+        try:
+            found = fs.find(base)
+        except FileNotFoundError:
+            return []
+        root_len = len(self.root) + 1
+        return sorted(p[root_len:] for p in found if not p.rsplit("/", 1)[-1].startswith(".") and ".tmp-" not in p)
+
+    def delete(self, key: str) -> None:
+        fs = self.fs
+        path = self.path(key)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OSError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors worth retrying: network trouble and throttling, not missing objects."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    text = f"{type(exc).__name__} {exc}"
+    markers = ("SlowDown", "Throttl", "RequestTimeout", "InternalError", "ServiceUnavailable",
+               "500", "502", "503", "504", "Connection", "Timeout", "reset by peer", "ServerDisconnected")
+    return isinstance(exc, (ConnectionError, TimeoutError)) or any(m in text for m in markers)
+
+
+def with_retries(call: Callable[[], T], *, what: str, attempts: int = 6, base_delay: float = 0.2) -> T:
+    """Run `call`, retrying transient storage errors with exponential backoff."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if attempt == attempts or not is_transient(exc):
+                raise
+            time.sleep(base_delay * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+def iter_chunks(items: Iterator[T], size: int) -> Iterator[list[T]]:
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+_CREDENTIAL_QUERY = re.compile(
+    r"(?i)([?&](?:X-Amz-[A-Za-z-]+|Signature|AWSAccessKeyId|Expires|sig|se|sp|sv|token|key)=)[^&\s'\"]*"
+)
+_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
+
+
+def redact(text: str) -> str:
+    """Remove signed-URL query values and known credentials from `text`."""
+    text = _CREDENTIAL_QUERY.sub(r"\1<redacted>", text)
+    for name in _SECRET_ENV:
+        value = os.environ.get(name)
+        if value and len(value) >= 4:
+            text = text.replace(value, "<redacted>")
+    return text
+
+
+def redact_uri(uri: str) -> str:
+    """A URI fit to store: no query string credentials, no user:password."""
+    uri = re.sub(r"(?<=://)[^/@\s]+@", "", uri)
+    return redact(uri)
