@@ -24,6 +24,7 @@ from segpipe.storage import filesystem, redact_uri
 FAMILIES = ("mask2former", "oneformer", "maskformer")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BUILTIN_PREFIX = "builtin:"
+LABELS_FILE = "labels.json"  # segpipe's category file beside a checkpoint, when it has one
 
 
 class ModelLoadError(RuntimeError):
@@ -114,6 +115,7 @@ def load_model(
     import transformers
     from transformers import AutoConfig
 
+    transformers.utils.logging.disable_progress_bar()
     location = resolve_location(model, revision, storage_options)
     shown = redact_uri(model)
     common = {"revision": revision, "trust_remote_code": False}
@@ -143,7 +145,9 @@ def load_model(
         hint = "" if allow_pickle_weights else " (only safetensors weights load unless --allow-pickle-weights)"
         raise ModelLoadError(f"could not load model {shown!r}: {exc}{hint}") from exc
     net.to(torch_device).eval()
-    labels = match_label_set(dict(config.id2label), label_map=label_map)
+    if label_map is None and os.path.exists(os.path.join(location, LABELS_FILE)):
+        label_map = os.path.join(location, LABELS_FILE)  # a checkpoint that ships its categories
+    labels = match_label_set(dict(config.id2label), label_map=label_map, model=shown)
     return LoadedModel(shown, family, net, processor, labels, torch_device, torch_dtype)
 
 
@@ -152,5 +156,5 @@ def _load_processor(family: str, location: str, common: dict[str, Any]) -> Any:
 
     if family == "oneformer":
         return OneFormerProcessor.from_pretrained(location, **common)
-    # use_fast picks the torchvision backend, which runs on the model's device.
-    return AutoImageProcessor.from_pretrained(location, use_fast=True, **common)
+    # The torchvision backend runs on the model's device.
+    return AutoImageProcessor.from_pretrained(location, backend="torchvision", **common)
