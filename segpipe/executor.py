@@ -107,10 +107,10 @@ class _WorkerMetrics:
             boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60])
 
     def record(self, marker: dict[str, Any]) -> None:
-        self.images.inc(marker["images"])
-        self.segments.inc(marker["segments"])
-        self.errors.inc(marker["errors"])
-        self.shards.inc()
+        for counter, value in ((self.images, marker["images"]), (self.segments, marker["segments"]),
+                               (self.errors, marker["errors"]), (self.shards, 1)):
+            if value > 0:  # Ray counters refuse an increment of zero
+                counter.inc(value)
         for seconds in marker.get("batch_seconds", []):
             self.batch_latency.observe(seconds)
 
@@ -194,6 +194,7 @@ class ShardPool:
                     result.workers_replaced += 1
                     continue
                 except (RayTaskError, GetTimeoutError) as exc:
+                    log.debug("shard %s attempt %d failed", sid, attempt, exc_info=exc)
                     retry_or_fail(sid, attempt, redact(_task_error_message(exc)))
                     continue
                 result.committed[sid] = marker
