@@ -49,7 +49,8 @@ def cache_root() -> Path:
 def builtin_path(name: str) -> Path:
     path = Path(str(resources.files("segpipe").joinpath("builtin", name)))
     if not (path / "config.json").exists():
-        available = sorted(p.name for p in path.parent.iterdir() if (p / "config.json").exists())
+        root = path.parent
+        available = sorted(p.name for p in root.iterdir() if (p / "config.json").exists()) if root.is_dir() else []
         raise ModelLoadError(f"no builtin model {name!r}; available: {', '.join(available) or 'none'}")
     return path
 

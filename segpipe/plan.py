@@ -14,12 +14,10 @@ from dataclasses import dataclass
 from segpipe import layout
 from segpipe.identity import shard_id
 from segpipe.records import ImageRef, Shard
-from segpipe.sources import Source
-from segpipe.storage import Folder
+from segpipe.sources import EmptySourceError, Source
+from segpipe.storage import Folder, redact
 
-
-class EmptySourceError(ValueError):
-    pass
+__all__ = ["EmptySourceError", "Plan", "load_shard", "read_plan", "write_plan"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +32,13 @@ class Plan:
 
 def write_plan(source: Source, dst: Folder, run_id: str, shard_size: int,
                skip: Callable[[ImageRef], bool] | None = None) -> Plan:
-    """Stream the source into shards of `shard_size` images, skipping what `skip` says."""
+    """Stream the source into shards of `shard_size` images, skipping what `skip` says.
+
+    The order and the shard boundaries follow the source's listing order only, so the
+    same source and `shard_size` give the same shards, byte for byte.
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be at least 1, not {shard_size}")
     index = 0
     num_images = 0
     seen_any = False
@@ -59,7 +63,8 @@ def write_plan(source: Source, dst: Folder, run_id: str, shard_size: int,
     if batch:
         flush()
     if not seen_any:
-        raise EmptySourceError(f"no images found at {source.url}")
+        raise EmptySourceError(f"no images found at {redact(source.url)}: check the URL, "
+                               "and --source-format if it is not a folder of image files")
     plan = Plan(run_id, index, num_images)
     dst.write_json(layout.plan_done(run_id),
                    {"run_id": run_id, "num_shards": plan.num_shards, "num_images": num_images})

@@ -121,7 +121,8 @@ class Segmenter:
             return postprocess.post_process_instance(
                 class_logits, mask_logits, sizes, threshold=threshold,
                 mask_threshold=self.mask_threshold,
-                overlap_mask_area_threshold=self.overlap_mask_area_threshold, family=loaded.family)
+                overlap_mask_area_threshold=self.overlap_mask_area_threshold, family=loaded.family,
+                thing_ids=loaded.label_set.thing_model_labels())
         return postprocess.post_process_panoptic(
             class_logits, mask_logits, sizes, threshold=threshold,
             mask_threshold=self.mask_threshold,

@@ -69,6 +69,7 @@ ERRORS = pa.schema(
         ("shard_id", pa.string()),
         ("image_id", pa.int64()),
         ("image_uri", pa.string()),
+        ("member", pa.string()),  # tar member key or Parquet row; null for plain files
         ("stage", pa.string()),  # read | decode | inference | write
         ("error_type", pa.string()),
         ("message", pa.string()),

@@ -85,7 +85,7 @@ class ShardWriter:
         message = redact(failure.message)
         self._rows["errors"].append({
             "run_id": self.run.run_id, "shard_id": self.shard.shard_id, "image_id": ref.image_id,
-            "image_uri": redact_uri(ref.uri), "stage": failure.stage,
+            "image_uri": redact_uri(ref.uri), "member": ref.member, "stage": failure.stage,
             "error_type": failure.error_type, "message": message, "attempt": self.attempt,
             "created_at": self.run.created_at,
         })

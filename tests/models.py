@@ -35,6 +35,7 @@ def save_tiny_mask2former(folder: Path, *, seed: int = 0, num_queries: int = 12,
         id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
     model = Mask2FormerForUniversalSegmentation(config).eval()
     _sharpen(model.class_predictor)
+    _sharpen_masks(model)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
     Mask2FormerImageProcessor(size={"height": size, "width": size}).save_pretrained(folder)
@@ -56,6 +57,16 @@ def _sharpen(class_predictor: torch.nn.Linear) -> None:
     with torch.no_grad():
         class_predictor.weight.mul_(25.0)
         class_predictor.bias[-1] = -20.0
+
+
+def _sharpen_masks(model: torch.nn.Module) -> None:
+    """Random mask logits hover near 0 (probability ~0.5); scale the last mask-embedding
+    layer so that masks are decisive and survive the 0.5 mask threshold."""
+    last = [m for name, m in model.named_modules()
+            if "mask_embed" in name and isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(3.0)
+        last.bias.mul_(3.0)
 
 
 def write_clip_tokenizer_files(folder: Path) -> tuple[Path, Path]:
@@ -104,6 +115,7 @@ def save_tiny_oneformer(folder: Path, *, seed: int = 0, size: int = 64) -> Path:
         id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
     model = OneFormerForUniversalSegmentation(config).eval()
     _sharpen(model.model.transformer_module.decoder.class_embed)
+    _sharpen_masks(model)
     metadata = {str(i): n for i, n in enumerate(names)}
     metadata["thing_ids"] = [i for i, c in enumerate(DEMO_LIKE_LABELS) if c["isthing"]]
     image_processor = OneFormerImageProcessor(size={"height": size, "width": size}, num_text=4,
@@ -134,6 +146,7 @@ def save_tiny_maskformer(folder: Path, *, seed: int = 0, size: int = 64) -> Path
         id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
     model = MaskFormerForInstanceSegmentation(config).eval()
     _sharpen(model.class_predictor)
+    _sharpen_masks(model)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
     MaskFormerImageProcessor(size={"height": size, "width": size}).save_pretrained(folder)

@@ -46,6 +46,10 @@ class LabelSet:
     def _by_id(self) -> dict[int, Category]:
         return {c.id: c for c in self.categories}
 
+    def thing_model_labels(self) -> set[int]:
+        """Model label indices whose category is a thing: the instance task keeps only these."""
+        return set(self.model_to_category) - self.stuff_model_labels()
+
     def stuff_model_labels(self) -> set[int]:
         """Model label indices whose category is stuff: fused into one segment per class."""
         by_id = self._by_id

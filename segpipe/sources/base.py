@@ -1,13 +1,46 @@
-"""The source contract, and the concurrent fetch every source shares."""
+"""The source contract, and what every source shares: ordered concurrent reads, the
+placeholder for a container that could not be read, and URI helpers."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import logging
+import time
+from array import array
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
+import numpy as np
+from fsspec.core import split_protocol
+
+from segpipe.identity import image_id
 from segpipe.records import ImageFailure, ImageRef
-from segpipe.storage import redact, with_retries
+from segpipe.storage import is_transient, redact, with_retries
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+log = logging.getLogger(__name__)
+
+# The member of the placeholder ref that stands for the unreadable part of a container
+# (a tar or Parquet file). Planning cannot name the images it could not read, so it plans
+# this one instead and the worker turns it into an errors row: never a silent skip.
+UNREADABLE = "<unreadable>"
+
+LOCAL_PROTOCOLS = (None, "file", "local")
+
+# What `fetch` yields: each ref with its bytes or the failure reading them.
+Fetched = Iterator[tuple[ImageRef, "bytes | ImageFailure"]]
+
+
+class EmptySourceError(ValueError):
+    """A source with nothing to annotate: a wrong URL, more often than not."""
+
+
+class SourceConfigError(ValueError):
+    """The source does not fit its options (no image column, an id column repeating
+    values): planning stops, since every image would fail the same way."""
 
 
 class Source(Protocol):
@@ -19,36 +52,171 @@ class Source(Protocol):
         """Every image of the source, streamed, in a deterministic order."""
         ...
 
-    def fetch(self, refs: Sequence[ImageRef], *, threads: int = 8) -> Iterator[tuple[ImageRef, bytes | ImageFailure]]:
+    def fetch(self, refs: Sequence[ImageRef], *, threads: int = 8) -> Fetched:
         """Bytes for each ref, in the order of `refs`; failures are values, not raises."""
         ...
 
 
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, threads: int) -> Iterator[tuple[T, R]]:
+    """`(item, fn(item))` in input order, with at most `threads` + 1 calls in flight.
+
+    Memory stays bounded by the pool, not by the number of items.
+    """
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append((item, pool.submit(fn, item)))
+            if len(pending) > threads:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
+
+
+def read_failure(ref: ImageRef, exc: BaseException) -> ImageFailure:
+    return ImageFailure(ref, "read", type(exc).__name__, redact(f"{ref.display}: {exc}"))
+
+
 def fetch_concurrently(
     refs: Sequence[ImageRef], read: Callable[[ImageRef], bytes], *, threads: int
-) -> Iterator[tuple[ImageRef, bytes | ImageFailure]]:
-    """Read refs on a bounded thread pool, yielding in input order.
-
-    At most `threads` reads are in flight beyond the one being consumed, so memory
-    stays bounded by the pool, not by the shard.
-    """
+) -> Fetched:
+    """Read refs on a bounded thread pool, yielding in input order; transient errors are
+    retried with backoff, and what still fails becomes an ImageFailure naming the URI."""
 
     def read_one(ref: ImageRef) -> bytes | ImageFailure:
         try:
             return with_retries(lambda: read(ref), what=ref.uri)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an errors row
-            return ImageFailure(ref, "read", type(exc).__name__, redact(f"{ref.display}: {exc}"))
+            return read_failure(ref, exc)
 
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        pending = []
-        it = iter(refs)
-        for ref in it:
-            pending.append((ref, pool.submit(read_one, ref)))
-            if len(pending) > threads:
+    return ordered_map(read_one, refs, threads=threads)
+
+
+def unreadable_ref(uri: str) -> ImageRef:
+    return ImageRef(image_id(uri, UNREADABLE), uri, UNREADABLE)
+
+
+def uri_of(url: str, path: str) -> str:
+    """The URI of `path` on the filesystem of `url`: plain paths stay plain for local data."""
+    protocol, _ = split_protocol(url)
+    return path if protocol in LOCAL_PROTOCOLS else f"{protocol}://{path}"
+
+
+def duplicate_ids(ids: Iterable[int]) -> set[int]:
+    """The ids that occur more than once; 8 bytes per id while counting, not a Python set."""
+    packed = array("q", ids)
+    if not packed:
+        return set()
+    ordered = np.sort(np.frombuffer(packed, dtype=np.int64))
+    return set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
+
+
+def unique_refs(refs: Callable[[], Iterator[ImageRef]], *, url: str) -> Iterator[ImageRef]:
+    """`refs()` with repeated image ids dropped (first one kept), in two streamed passes.
+
+    Lists of URIs (manifests, URI tables) can name an image twice; planning it twice would
+    annotate it twice. The first pass finds the repeated ids, the second drops them.
+    """
+    repeated = duplicate_ids(ref.image_id for ref in refs())
+    if repeated:
+        log.warning("%s names %d image(s) more than once; each is planned once",
+                    redact(url), len(repeated))
+    emitted: set[int] = set()
+    for ref in refs():
+        if ref.image_id in repeated:
+            if ref.image_id in emitted:
+                continue
+            emitted.add(ref.image_id)
+        yield ref
+
+
+def plan_containers(containers: Iterable[tuple[str, Iterable[ImageRef]]], *,
+                    url: str) -> Iterator[ImageRef]:
+    """The refs of each container (a tar, a table file), and a placeholder after a container
+    that could not be read to its end.
+
+    Placeholders of missing containers wait for one that exists: when none does, the URL
+    is wrong, and that is one clear error rather than a job of nothing but failures.
+    """
+    held: list[ImageRef] = []
+    first_missing: BaseException | None = None
+    exists = False  # some container was there (readable or not)
+    for uri, refs in containers:
+        error: BaseException | None = None
+        try:
+            for ref in refs:
+                exists = True
+                yield from held
+                held.clear()
+                yield ref
+        except SourceConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the placeholder becomes an errors row
+            log.warning("%s: %s", redact(uri), redact(f"{type(exc).__name__}: {exc}"))
+            error = exc
+        if error is None or not isinstance(error, FileNotFoundError):
+            exists = True
+        elif not exists:
+            first_missing = first_missing or error
+            held.append(unreadable_ref(uri))
+            continue
+        yield from held
+        held.clear()
+        if error is not None:
+            yield unreadable_ref(uri)
+    if held:
+        raise EmptySourceError(f"nothing readable at {redact(url)}: {first_missing}")
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Worth reading again: I/O trouble the storage layer calls transient, never bad bytes."""
+    return isinstance(exc, OSError) and is_transient(exc)
+
+
+# A scan of one container: given the keys to skip, (key, bytes or the error reading it).
+Scan = Callable[[set[Any]], Iterator[tuple[Any, "bytes | BaseException"]]]
+
+
+def fetch_scanned(
+    refs: Sequence[ImageRef], keys: Sequence[Hashable | None], scan: Scan, *, attempts: int = 4,
+) -> Fetched:
+    """Refs read by one sequential scan of their container, in the order of `refs`.
+
+    `keys[i]` is what the scan calls `refs[i]` (None for a placeholder); `scan(skip)`
+    yields `(key, bytes or the error reading it)` for every wanted key not in `skip`. A
+    transient error restarts the scan, skipping what was read; any other error fails the
+    refs not read yet. Results are handed on as soon as the order allows.
+    """
+    results: dict[Hashable, bytes | BaseException] = {}
+    done: set[Hashable] = set()
+    pending = deque(zip(refs, keys, strict=True))
+    error: BaseException | None = None
+    for attempt in range(1, attempts + 1):
+        try:
+            for key, value in scan(done):
+                results[key] = value
+                done.add(key)
+                while pending and pending[0][1] in results:
+                    ref, key_of_ref = pending.popleft()
+                    yield ref, _as_result(ref, results.pop(key_of_ref))
+            error = None
+            break
+        except Exception as exc:  # noqa: BLE001 - reported per image below
+            error = exc
+            if not is_retryable(exc) or attempt == attempts:
                 break
-        while pending:
-            ref, future = pending.pop(0)
-            yield ref, future.result()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(read_one, nxt)))
+            time.sleep(0.2 * 2 ** (attempt - 1))
+    for ref, key in pending:
+        if key in results:
+            yield ref, _as_result(ref, results.pop(key))
+        elif error is not None:
+            yield ref, read_failure(ref, error)
+        elif key is None:
+            yield ref, read_failure(ref, OSError("could not be read to its end when planned"))
+        else:
+            yield ref, read_failure(ref, KeyError(f"{key!r} not found"))
+
+
+def _as_result(ref: ImageRef, value: bytes | BaseException) -> bytes | ImageFailure:
+    return read_failure(ref, value) if isinstance(value, BaseException) else value

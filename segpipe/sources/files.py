@@ -1,4 +1,10 @@
-"""Image files under a prefix or glob, on any fsspec filesystem."""
+"""Image files under a prefix or glob (or a `::` list or brace pattern of them), on any
+fsspec filesystem.
+
+The listing is streamed and sorted by key (see `listing`); files whose extension is not
+an image extension (compared case-insensitively) are skipped. Each file is one image,
+identified by its URI; its version is the ETag, else size and mtime.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fsspec.core import split_protocol
-
 from segpipe.identity import image_id
-from segpipe.records import ImageFailure, ImageRef
-from segpipe.sources.base import fetch_concurrently
-from segpipe.storage import filesystem
+from segpipe.records import ImageRef
+from segpipe.sources.base import Fetched
+from segpipe.sources.listing import expand_urls, list_files
+from segpipe.sources.uris import fetch_uris
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif", ".ppm", ".pgm"}
@@ -35,29 +40,16 @@ def version_of(info: dict[str, Any]) -> str | None:
 
 @dataclass
 class ImageFiles:
-    """All image files under `url` (a folder/prefix, or a glob), sorted by path."""
+    """All image files under `url` (a folder/prefix, a glob, or one file), sorted by key."""
 
     url: str
     storage_options: dict[str, Any] = field(default_factory=dict)
 
-    def _uri(self, path: str) -> str:
-        protocol, _ = split_protocol(self.url)
-        return f"{protocol}://{path}" if protocol and protocol not in ("file", "local") else path
-
     def list_images(self) -> Iterator[ImageRef]:
-        fs, path = filesystem(self.url, self.storage_options)
-        if any(ch in path for ch in "*?["):
-            found = fs.glob(path, detail=True)
-        else:
-            found = fs.find(path, detail=True)
-        # fsspec returns a dict keyed by path; sort so the plan does not depend on listing order.
-        for name in sorted(found):
-            info = found[name]
-            if info.get("type", "file") != "file" or not is_image_name(name):
-                continue
-            uri = self._uri(name)
-            yield ImageRef(image_id(uri), uri, version=version_of(info))
+        for url in expand_urls(self.url):
+            for entry in list_files(url, self.storage_options):
+                if is_image_name(entry.path):
+                    yield ImageRef(image_id(entry.uri), entry.uri, version=version_of(entry.info))
 
-    def fetch(self, refs: Sequence[ImageRef], *, threads: int = 8) -> Iterator[tuple[ImageRef, bytes | ImageFailure]]:
-        fs, _ = filesystem(self.url, self.storage_options)
-        return fetch_concurrently(refs, lambda ref: fs.cat_file(split_protocol(ref.uri)[1]), threads=threads)
+    def fetch(self, refs: Sequence[ImageRef], *, threads: int = 8) -> Fetched:
+        return fetch_uris(refs, self.storage_options, threads=threads)

@@ -1,0 +1,274 @@
+"""Streamed, sorted file listings on any fsspec filesystem.
+
+A listing never materializes: on S3 it pages through ListObjectsV2 (1,000 keys a page,
+already in key order); elsewhere it walks directories depth first, holding one
+directory's entries per level. Both give the same order: files sorted by their full
+key, as an object store sorts them (a directory sorts as its name plus "/").
+
+`url` is a folder/prefix, a single file, or a glob. Globs follow fsspec: `*` and `?`
+stay within one path segment, `**` spans any number of them (none included), `[...]`
+is a character class. Only the static prefix before the first wildcard is listed.
+Names starting with "." below the listed root are skipped (hidden files and folders).
+A `::`-separated list of URLs and brace patterns (`shard-{0000..0099}.tar`,
+`{train,val}`) are expanded in order by `expand_urls`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.utils import glob_translate
+
+from segpipe.sources.base import uri_of
+from segpipe.storage import filesystem, with_retries
+
+GLOB_CHARS = "*?["
+PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One listed file: its URI, its path on the filesystem, and the listing's metadata."""
+
+    uri: str
+    path: str
+    info: dict[str, Any]
+
+
+def has_glob(path: str) -> bool:
+    return any(ch in path for ch in GLOB_CHARS)
+
+
+def list_files(url: str, storage_options: dict[str, Any] | None = None, *,
+               page_size: int = PAGE_SIZE) -> Iterator[FileEntry]:
+    """Files under a prefix, matching a glob, or the one file `url` names, sorted by key."""
+    fs, path = filesystem(url, storage_options)
+    if has_glob(path):
+        yield from _glob(fs, url, path, page_size)
+        return
+    found = False
+    for entry in _walk(fs, url, path.rstrip("/") + "/", page_size=page_size):
+        found = True
+        yield entry
+    if not found and path and not path.endswith("/"):
+        info = _file_info(fs, path)
+        if info is not None:
+            yield FileEntry(uri_of(url, path), path, info)
+
+
+def _glob(fs: fsspec.AbstractFileSystem, url: str, pattern: str,
+          page_size: int) -> Iterator[FileEntry]:
+    static = pattern[: min(pattern.find(ch) for ch in GLOB_CHARS if ch in pattern)]
+    matcher = re.compile(glob_translate(pattern))
+    rest = pattern[len(static):]
+    # Without `**` a glob matches at a fixed depth: deeper folders need not be listed.
+    depth = None if "**" in rest else rest.count("/")
+    for entry in _walk(fs, url, static, page_size=page_size, max_depth=depth):
+        if matcher.match(entry.path):
+            yield entry
+
+
+def _walk(fs: fsspec.AbstractFileSystem, url: str, prefix: str, *, page_size: int,
+          max_depth: int | None = None) -> Iterator[FileEntry]:
+    """Files whose path starts with `prefix` (a folder when it ends with "/"), sorted."""
+    if _is_s3(fs):
+        entries = _s3_pages(fs, prefix, page_size, delimited=max_depth == 0)
+    elif isinstance(fs, LocalFileSystem):
+        entries = _local_walk(prefix, max_depth)
+    else:
+        entries = _generic_walk(fs, prefix, max_depth)
+    root = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
+    # A prefix that itself names a hidden entry ("raw/.cache/") asked for it.
+    first = 1 if prefix[len(root):].startswith(".") else 0
+    for path, info in entries:
+        parts = path[len(root):].split("/")
+        if max_depth is not None and len(parts) - 1 > max_depth:
+            continue
+        if not any(part.startswith(".") for part in parts[first:]):
+            yield FileEntry(uri_of(url, path), path, info)
+
+
+def _wanted(name: str, start: str) -> bool:
+    """An entry of a walked folder: it continues the prefix, and is not hidden unless the
+    prefix named a hidden entry. Pruning here spares walking a `.git` or `.cache`."""
+    return name.startswith(start) and (start.startswith(".") or not name.startswith("."))
+
+
+def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
+    try:
+        from s3fs import S3FileSystem
+    except ImportError:  # pragma: no cover - s3fs is a dependency, but keep other stores usable
+        return False
+    return isinstance(fs, S3FileSystem) and not fs.version_aware
+
+
+def _s3_pages(fs: Any, prefix: str, page_size: int, *,
+              delimited: bool) -> Iterator[tuple[str, dict]]:
+    """ListObjectsV2 page by page: S3 returns keys in UTF-8 byte order, which is the
+    order of Python strings, so no sorting is needed and one page is held at a time."""
+    bucket, key, _ = fs.split_path(prefix)
+    if prefix.endswith("/") and key:
+        key = key.rstrip("/") + "/"  # a folder: "raw/", never "raw-2024/" too
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key, "MaxKeys": page_size}
+    if delimited:
+        kwargs["Delimiter"] = "/"
+    while True:
+        page = with_retries(lambda: fs.call_s3("list_objects_v2", **kwargs),
+                            what=f"s3://{bucket}/{key}")
+        for obj in page.get("Contents", []):
+            if not obj["Key"].endswith("/"):  # folder markers are not files
+                yield f"{bucket}/{obj['Key']}", {"size": obj.get("Size"), "ETag": obj.get("ETag"),
+                                                 "LastModified": obj.get("LastModified")}
+        if not page.get("IsTruncated"):
+            return
+        kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
+
+def _local_walk(prefix: str, max_depth: int | None) -> Iterator[tuple[str, dict]]:
+    folder, _, start = prefix.rpartition("/")
+    if not os.path.isdir(folder or "/"):
+        return
+    yield from _local_dir(folder or "/", start, max_depth, set())
+
+
+def _local_dir(folder: str, start: str, depth: int | None,
+               ancestors: set[tuple[int, int]]) -> Iterator[tuple[str, dict]]:
+    try:
+        stat = os.stat(folder)
+        with os.scandir(folder) as it:
+            entries = [e for e in it if _wanted(e.name, start)]
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return
+    node = (stat.st_dev, stat.st_ino)
+    if node in ancestors:  # a symlink back up the tree: stop instead of looping
+        return
+    keyed = []
+    for entry in entries:
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            continue
+        # A folder sorts as "name/", as its keys do on an object store.
+        keyed.append((entry.name + "/" if is_dir else entry.name, entry, is_dir))
+    keyed.sort(key=lambda item: item[0])
+    base = folder.rstrip("/")
+    for _, entry, is_dir in keyed:
+        if is_dir:
+            if depth is None or depth > 0:
+                yield from _local_dir(entry.path, "", None if depth is None else depth - 1,
+                                      ancestors | {node})
+            continue
+        try:
+            st = entry.stat()
+        except OSError:  # vanished or a dangling link: not a file any more
+            continue
+        yield f"{base}/{entry.name}", {"size": st.st_size, "mtime": st.st_mtime}
+
+
+def _generic_walk(fs: fsspec.AbstractFileSystem, prefix: str,
+                  max_depth: int | None) -> Iterator[tuple[str, dict]]:
+    folder, _, start = prefix.rpartition("/")
+    yield from _generic_dir(fs, folder, start, max_depth)
+
+
+def _generic_dir(fs: fsspec.AbstractFileSystem, folder: str, start: str,
+                 depth: int | None) -> Iterator[tuple[str, dict]]:
+    try:
+        listed = with_retries(lambda: fs.ls(folder, detail=True), what=folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    keyed = []
+    for info in listed:
+        name = info["name"].rstrip("/").rsplit("/", 1)[-1]
+        if not _wanted(name, start) or info["name"].rstrip("/") == folder.rstrip("/"):
+            continue
+        is_dir = info.get("type") == "directory"
+        keyed.append((name + "/" if is_dir else name, info, is_dir))
+    keyed.sort(key=lambda item: item[0])
+    for _, info, is_dir in keyed:
+        path = info["name"].rstrip("/")
+        if is_dir:
+            if depth is None or depth > 0:
+                yield from _generic_dir(fs, path, "", None if depth is None else depth - 1)
+        else:
+            yield path, info
+
+
+def _file_info(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:
+    try:
+        info = with_retries(lambda: fs.info(path), what=path)
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return None
+    return info if info.get("type", "file") == "file" else None
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Brace expansion, left to right: `{0000..0099}` (integer ranges, zero-padded when
+    written so, either direction) and `{a,b}`, nested or several in one pattern."""
+    found = _first_brace(pattern)
+    if found is None:
+        return [pattern]
+    start, end, parts = found
+    head, body, tail = pattern[:start], pattern[start + 1: end], pattern[end + 1:]
+    numeric = re.fullmatch(r"(-?\d+)\.\.(-?\d+)", body)
+    if numeric:
+        lo, hi = numeric.group(1), numeric.group(2)
+        width = max(len(lo), len(hi)) if lo.startswith("0") or hi.startswith("0") else 0
+        step = 1 if int(hi) >= int(lo) else -1
+        choices = [str(n).zfill(width) for n in range(int(lo), int(hi) + step, step)]
+    elif len(parts) > 1:
+        choices = [out for part in parts for out in expand_braces(part)]
+    else:  # "{x}" is no pattern: keep it literally
+        return [head + "{" + body + "}" + out for out in expand_braces(tail)]
+    return [out for choice in choices for out in expand_braces(head + choice + tail)]
+
+
+def _first_brace(pattern: str) -> tuple[int, int, list[str]] | None:
+    """The first balanced `{...}`: its bounds and its body split at top-level commas."""
+    start = pattern.find("{")
+    while start != -1:
+        depth, cut = 0, start + 1
+        parts: list[str] = []
+        for i in range(start, len(pattern)):
+            ch = pattern[i]
+            if ch == "{":
+                depth += 1
+            elif ch == "}":
+                depth -= 1
+                if depth == 0:
+                    return start, i, [*parts, pattern[cut:i]]
+            elif ch == "," and depth == 1:
+                parts.append(pattern[cut:i])
+                cut = i + 1
+        start = pattern.find("{", start + 1)
+    return None
+
+
+def expand_urls(url: str) -> list[str]:
+    """The URLs a `::`-separated list of URLs and brace patterns names, in order."""
+    return [out for part in url.split("::") if part.strip() for out in expand_braces(part.strip())]
+
+
+def container_files(url: str, storage_options: dict[str, Any] | None,
+                    suffixes: tuple[str, ...], *,
+                    may_be_folder: bool = False) -> Iterator[FileEntry]:
+    """The files (tars, tables) `url` names, in order. A name with one of `suffixes` is
+    taken as it is (reading it tells whether it exists) unless `may_be_folder` (a
+    `table.parquet/` folder of parts); folders and globs are listed for `suffixes`."""
+    for part in expand_urls(url):
+        fs, path = filesystem(part, storage_options)
+        named = not has_glob(path) and path.lower().endswith(suffixes)
+        found = False
+        if not named or may_be_folder:
+            for entry in list_files(part, storage_options):
+                if entry.path.lower().endswith(suffixes):
+                    found = True
+                    yield entry
+        if named and not found:
+            yield FileEntry(uri_of(part, path), path, {})

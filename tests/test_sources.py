@@ -1,0 +1,416 @@
+"""Sources on a local folder and on a real S3 endpoint: listing, identity, fetching, and
+what happens to bad input."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from segpipe.decode import decode_image
+from segpipe.identity import image_id
+from segpipe.records import DecodedImage, ImageFailure, ImageRef
+from segpipe.sources import (
+    EmptySourceError,
+    ImageFiles,
+    Manifest,
+    ParquetTable,
+    SourceConfigError,
+    TarShards,
+    detect_format,
+    open_source,
+)
+from segpipe.sources.base import UNREADABLE
+from segpipe.sources.listing import expand_braces, list_files
+from segpipe.storage import filesystem
+
+
+def png(seed: int, size: int = 8) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (size, size), (seed * 37 % 256, seed * 11 % 256, 90)).save(out, "PNG")
+    return out.getvalue()
+
+
+def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
+    out = io.BytesIO()
+    pq.write_table(table, out, row_group_size=row_group_size)
+    return out.getvalue()
+
+
+@dataclass
+class Store:
+    """A root URL, local or S3, that tests write objects under."""
+
+    root: str
+
+    def url(self, key: str) -> str:
+        return f"{self.root}/{key}"
+
+    def put(self, key: str, data: bytes) -> str:
+        fs, path = filesystem(self.url(key))
+        if "://" not in self.root:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        fs.pipe_file(path, data)
+        return self.url(key)
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path) -> Store:
+    if request.param == "local":
+        return Store(str(tmp_path / "lake"))
+    return Store(f"s3://{request.getfixturevalue('bucket')}/lake")
+
+
+def fetched(source, refs: list[ImageRef]) -> list[bytes | ImageFailure]:
+    out = list(source.fetch(refs, threads=3))
+    assert [ref for ref, _ in out] == refs  # in the order asked for
+    return [value for _, value in out]
+
+
+# --- image files ----------------------------------------------------------------------
+
+def test_image_files_sorted_by_key_skipping_non_images(store: Store):
+    images = {"raw/a.png": png(1), "raw/a-b.JPG": png(2), "raw/a/c.jpeg": png(3),
+              "raw/z/deep/d.webp": png(4)}
+    for key, data in images.items():
+        store.put(key, data)
+    for key in ("raw/notes.txt", "raw/a/meta.json", "raw/.hidden.png", "raw/.cache/e.png",
+                "raw/png", "elsewhere/f.png"):
+        store.put(key, b"not an image of this source")
+
+    source = ImageFiles(store.url("raw"))
+    refs = list(source.list_images())
+
+    # "a-b" < "a." < "a/": the key order an object store lists in, locally too.
+    order = ["raw/a-b.JPG", "raw/a.png", "raw/a/c.jpeg", "raw/z/deep/d.webp"]
+    assert [r.uri for r in refs] == [store.url(k) for k in order]
+    assert [r.image_id for r in refs] == [image_id(r.uri) for r in refs]
+    assert all(r.version for r in refs)
+    assert fetched(source, refs) == [images[k] for k in order]
+
+
+def test_image_files_missing_object_is_a_read_failure_naming_it(store: Store):
+    store.put("raw/a.png", png(1))
+    source = ImageFiles(store.url("raw"))
+    gone = ImageRef(image_id(store.url("raw/gone.png")), store.url("raw/gone.png"))
+    [first, second] = fetched(source, [gone, *source.list_images()])
+    assert isinstance(first, ImageFailure)
+    assert first.stage == "read" and store.url("raw/gone.png") in first.message
+    assert second == png(1)
+
+
+def test_globs_follow_fsspec(store: Store):
+    for key in ("raw/a.png", "raw/b.jpg", "raw/x/c.png", "raw/x/y/d.png", "raw/e1.png"):
+        store.put(key, png(0))
+
+    def keys(pattern: str) -> list[str]:
+        return [r.uri[len(store.root) + 1:] for r in ImageFiles(store.url(pattern)).list_images()]
+
+    assert keys("raw/**/*.png") == ["raw/a.png", "raw/e1.png", "raw/x/c.png", "raw/x/y/d.png"]
+    assert keys("raw/*.png") == ["raw/a.png", "raw/e1.png"]
+    assert keys("raw/*/*.png") == ["raw/x/c.png"]
+    assert keys("raw/e?.png") == ["raw/e1.png"]
+    assert keys("raw/[ab].*") == ["raw/a.png", "raw/b.jpg"]
+
+
+def test_s3_listing_pages_in_key_order(bucket: str, tmp_path):
+    keys = ["p/a.png", "p/a-b.png", "p/a/b.png", "p/b.png", "p/a/c/d.png", "p/B.png",
+            "p/\u00e9.png"]
+    s3, local = Store(f"s3://{bucket}"), Store(str(tmp_path))
+    for key in keys:
+        s3.put(key, b"x")
+        local.put(key, b"x")
+    on_s3 = [e.uri[len(s3.root) + 1:] for e in list_files(s3.url("p"), page_size=2)]
+    on_disk = [e.uri[len(local.root) + 1:] for e in list_files(local.url("p"))]
+    assert on_s3 == sorted(keys)
+    assert on_disk == on_s3
+
+
+def test_single_file_url(store: Store):
+    url = store.put("raw/only.png", png(1))
+    assert [r.uri for r in ImageFiles(url).list_images()] == [url]
+
+
+# --- WebDataset ---------------------------------------------------------------------------
+
+def wds_shard(index: int) -> list[tuple[str, bytes]]:
+    return [
+        (f"s{index}-0.jpg", png(index * 10)), (f"s{index}-0.json", b"{}"),
+        (f"s{index}-0.cls", b"3"),
+        (f"sub/s{index}-1.PNG", png(index * 10 + 1)), (f"sub/s{index}-1.seg.png", png(99)),
+        (f"s{index}-2.txt", b"a caption, no image"),
+        (f"s{index}-3.webp.json", b"{}"), (f"s{index}-3.webp", png(index * 10 + 3)),
+    ]
+
+
+def test_webdataset_brace_pattern(store: Store):
+    for i in range(3):
+        store.put(f"wds/shard-{i:04d}.tar", tar_bytes(wds_shard(i)))
+    source = open_source(store.url("wds/shard-{0000..0002}.tar"))
+    assert isinstance(source, TarShards)
+    refs = list(source.list_images())
+
+    expected = [(store.url(f"wds/shard-{i:04d}.tar"), name) for i in range(3)
+                for name in (f"s{i}-0.jpg", f"sub/s{i}-1.PNG", f"s{i}-3.webp")]
+    assert [(r.uri, r.member) for r in refs] == expected
+    assert [r.image_id for r in refs] == [image_id(u, m) for u, m in expected]
+    members = {(store.url(f"wds/shard-{i:04d}.tar"), n): d
+               for i in range(3) for n, d in wds_shard(i)}
+    assert fetched(source, refs) == [members[(r.uri, r.member)] for r in refs]
+    # a shard may start anywhere in a tar and span two of them
+    assert fetched(source, refs[4:7]) == [members[(r.uri, r.member)] for r in refs[4:7]]
+
+
+def test_tar_with_a_corrupt_member_fails_that_image_only(store: Store):
+    members = [("a.jpg", png(1)), ("b.jpg", b"\xff\xd8 not really a jpeg"), ("c.png", png(3))]
+    source = TarShards(store.put("t.tar", tar_bytes(members)))
+    refs = list(source.list_images())
+    decoded = [decode_image(ref, data, max_pixels=10**6) for ref, data in source.fetch(refs)]
+    failures = [d for d in decoded if isinstance(d, ImageFailure)]
+    assert [f.ref.member for f in failures] == ["b.jpg"]
+    assert store.url("t.tar") in failures[0].message
+    assert sum(isinstance(d, DecodedImage) for d in decoded) == 2
+
+
+def test_truncated_and_damaged_tars_become_failures(store: Store):
+    members = [("a.png", png(1) * 40), ("b.png", png(2) * 40), ("c.png", png(3)), ("d.png", png(4))]
+    whole = tar_bytes(members)
+    with tarfile.open(fileobj=io.BytesIO(whole)) as tar:
+        b_data, c_header = tar.getmember("b.png").offset_data, tar.getmember("c.png").offset
+    store.put("w-0.tar", whole[: b_data + 100])  # cut inside b's data
+    store.put("w-1.tar", whole[:c_header] + b"\x7f" * 512 + whole[c_header + 512:])  # c's header
+    store.put("w-2.tar", b"this is no tar at all" * 40)
+    store.put("w-3.tar", whole)
+    source = TarShards(store.url("w-{0..4}.tar"))  # w-4.tar does not exist
+    refs = list(source.list_images())
+
+    def named(i: int, member: str) -> tuple[str, str]:
+        return store.url(f"w-{i}.tar"), member
+
+    assert [(r.uri, r.member) for r in refs] == [
+        named(0, "a.png"), named(0, "b.png"), named(0, UNREADABLE),
+        named(1, "a.png"), named(1, "b.png"), named(1, UNREADABLE),
+        named(2, UNREADABLE),
+        named(3, "a.png"), named(3, "b.png"), named(3, "c.png"), named(3, "d.png"),
+        named(4, UNREADABLE),
+    ]
+    values = fetched(source, refs)
+    ok = [r.display for r, v in zip(refs, values, strict=True) if isinstance(v, bytes)]
+    assert ok == [store.url(f"w-{i}.tar#{m}.png") for i, m in
+                  [(0, "a"), (1, "a"), (1, "b"), (3, "a"), (3, "b"), (3, "c"), (3, "d")]]
+    for ref, value in zip(refs, values, strict=True):
+        if isinstance(value, ImageFailure):
+            assert value.stage == "read" and ref.display in value.message
+    assert values[7:11] == [d for _, d in members]
+
+
+def test_no_tar_exists_is_an_empty_source(store: Store):
+    with pytest.raises(EmptySourceError, match="nothing readable"):
+        list(TarShards(store.url("none-{0..2}.tar")).list_images())
+
+
+def test_expand_braces():
+    assert expand_braces("s-{0008..0011}.tar") == [f"s-{i:04d}.tar" for i in range(8, 12)]
+    assert expand_braces("{b,a}/{1..2}") == ["b/1", "b/2", "a/1", "a/2"]
+    assert expand_braces("{a,{b,c}}") == ["a", "b", "c"]
+    assert expand_braces("{3..1}") == ["3", "2", "1"]
+    assert expand_braces("keep{x}") == ["keep{x}"]
+
+
+# --- Parquet --------------------------------------------------------------------------
+
+def image_table(n: int) -> pa.Table:
+    return pa.table({
+        "id": [f"img-{i}" for i in range(n)],
+        "image": pa.array([png(i) for i in range(n)], pa.binary()),
+        "label": list(range(n)),
+        "caption": [f"caption {i}" for i in range(n)],
+        "embedding": [[0.5] * 4 for _ in range(n)],  # not a scalar: not carried
+    })
+
+
+def test_parquet_bytes_with_id_column_and_fields(store: Store):
+    url = store.put("tbl/part-0.parquet", parquet_bytes(image_table(5), row_group_size=2))
+    source = ParquetTable(store.url("tbl/part-0.parquet"), id_column="id")
+    refs = list(source.list_images())
+    assert [r.member for r in refs] == [f"img-{i}" for i in range(5)]
+    assert [r.uri for r in refs] == [url] * 5
+    assert [r.image_id for r in refs] == [image_id(url, f"img-{i}") for i in range(5)]
+    assert refs[3].fields == {"id": "img-3", "label": 3, "caption": "caption 3"}
+    # rows from two row groups, out of the listing's order
+    assert fetched(source, [refs[4], refs[1], refs[2]]) == [png(4), png(1), png(2)]
+
+    by_row = list(ParquetTable(url).list_images())
+    assert [r.member for r in by_row] == [f"row={i}" for i in range(5)]
+    assert fetched(ParquetTable(url), by_row) == [png(i) for i in range(5)]
+
+
+def test_parquet_hugging_face_image_struct(store: Store):
+    images = pa.array([{"bytes": png(0), "path": "a.png"}, {"bytes": None, "path": "b.png"},
+                       {"bytes": png(2), "path": "c.png"}])
+    table = pa.table({"image": images, "label": [7, 8, 9]})
+    url = store.put("hf/train.parquet", parquet_bytes(table))
+    source = open_source(url)
+    refs = list(source.list_images())
+    assert [r.fields for r in refs] == [{"label": 7}, {"label": 8}, {"label": 9}]
+    values = fetched(source, refs)
+    assert values[0] == png(0) and values[2] == png(2)
+    assert isinstance(values[1], ImageFailure) and "row=1" in values[1].message
+
+
+def test_parquet_of_uris(store: Store):
+    store.put("imgs/a.png", png(1))
+    store.put("imgs/b.png", png(2))
+    paths = ["imgs/a.png", store.url("imgs/b.png"), "imgs/missing.png", "imgs/a.png"]
+    table = pa.table({"path": paths, "split": ["train", "val", "val", "train"]})
+    store.put("uris.parquet", parquet_bytes(table))
+    source = open_source(store.url("uris.parquet"))
+    refs = list(source.list_images())
+    uris = [store.url("imgs/a.png"), store.url("imgs/b.png"), store.url("imgs/missing.png")]
+    assert [r.uri for r in refs] == uris  # relative resolved, the repeated row planned once
+    assert [r.image_id for r in refs] == [image_id(u) for u in uris]
+    assert [r.fields for r in refs] == [{"split": "train"}, {"split": "val"}, {"split": "val"}]
+    values = fetched(source, refs)
+    assert values[:2] == [png(1), png(2)]
+    assert isinstance(values[2], ImageFailure) and uris[2] in values[2].message
+
+
+def test_parquet_folder_is_detected_and_read_in_key_order(store: Store):
+    store.put("t/part-1.parquet", parquet_bytes(image_table(2)))
+    store.put("t/part-0.parquet", parquet_bytes(image_table(3)))
+    store.put("t/_SUCCESS", b"")
+    source = open_source(store.url("t"))
+    assert isinstance(source, ParquetTable)
+    refs = list(source.list_images())
+    assert [(r.uri, r.member) for r in refs] == (
+        [(store.url("t/part-0.parquet"), f"row={i}") for i in range(3)]
+        + [(store.url("t/part-1.parquet"), f"row={i}") for i in range(2)])
+
+
+def test_parquet_id_column_must_be_unique(tmp_path):
+    table = pa.table({"id": ["x", "y", "x"], "image": pa.array([png(0)] * 3, pa.binary())})
+    (tmp_path / "t.parquet").write_bytes(parquet_bytes(table))
+    with pytest.raises(SourceConfigError, match="repeats 1 value"):
+        list(ParquetTable(str(tmp_path / "t.parquet"), id_column="id").list_images())
+
+
+def test_parquet_without_image_or_uri_column_is_a_clear_error(tmp_path):
+    (tmp_path / "t.parquet").write_bytes(parquet_bytes(pa.table({"label": [1, 2]})))
+    with pytest.raises(SourceConfigError, match="--image-column or --uri-column"):
+        list(open_source(str(tmp_path / "t.parquet")).list_images())
+
+
+def test_corrupt_parquet_file_is_one_failure_and_the_rest_goes_on(tmp_path):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "a.parquet").write_bytes(b"PAR1 this is not parquet PAR1")
+    (tmp_path / "t" / "b.parquet").write_bytes(parquet_bytes(image_table(2)))
+    source = ParquetTable(str(tmp_path / "t"))
+    refs = list(source.list_images())
+    assert [r.member for r in refs] == [UNREADABLE, "row=0", "row=1"]
+    values = fetched(source, refs)
+    assert isinstance(values[0], ImageFailure) and "a.parquet" in values[0].message
+    assert values[1:] == [png(0), png(1)]
+
+
+# --- manifests ----------------------------------------------------------------------------
+
+def test_text_manifest(store: Store):
+    store.put("imgs/a.png", png(1))
+    store.put("imgs/b.png", png(2))
+    text = f"# a comment\nimgs/a.png\n\n  {store.url('imgs/b.png')}  \nimgs/gone.png\nimgs/a.png\n"
+    source = open_source(store.put("list.txt", text.encode()))
+    assert isinstance(source, Manifest)
+    refs = list(source.list_images())
+    uris = [store.url("imgs/a.png"), store.url("imgs/b.png"), store.url("imgs/gone.png")]
+    assert [r.uri for r in refs] == uris
+    assert [r.image_id for r in refs] == [image_id(u) for u in uris]
+    values = fetched(source, refs)
+    assert values[:2] == [png(1), png(2)]
+    assert isinstance(values[2], ImageFailure) and values[2].stage == "read"
+    assert uris[2] in values[2].message
+
+
+def test_csv_manifest_carries_other_columns(store: Store):
+    a = store.put("imgs/a.png", png(1))
+    store.put("imgs/b.png", png(2))
+    source = open_source(store.put("m.csv", f"label,url\ncat,{a}\ndog,imgs/b.png\n,\n".encode()))
+    refs = list(source.list_images())
+    assert [(r.uri, r.fields) for r in refs] == [
+        (a, {"label": "cat"}), (store.url("imgs/b.png"), {"label": "dog"})]
+    assert fetched(source, refs) == [png(1), png(2)]
+
+
+def test_csv_manifest_without_uri_column(tmp_path):
+    (tmp_path / "m.csv").write_text("name,label\na.png,1\n")
+    with pytest.raises(SourceConfigError, match="no URI column"):
+        list(open_source(str(tmp_path / "m.csv")).list_images())
+
+
+# --- picking the kind, determinism ----------------------------------------------------------
+
+def test_detect_format(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.png").write_bytes(png(0))
+    (tmp_path / "imgs" / "index.parquet").write_bytes(parquet_bytes(image_table(1)))
+    (tmp_path / "tbl").mkdir()
+    (tmp_path / "tbl" / "p.parquet").write_bytes(parquet_bytes(image_table(1)))
+    (tmp_path / "wds").mkdir()
+    (tmp_path / "wds" / "s.tar").write_bytes(tar_bytes([("a.png", png(0))]))
+    cases = {
+        "s3://lake/shard-{000..009}.tar": "webdataset", "s3://lake/one.TAR": "webdataset",
+        "s3://lake/t.parquet": "parquet", "gs://lake/*.parquet": "parquet",
+        "s3://lake/list.txt": "manifest", "/data/m.csv": "manifest", "m.lst": "manifest",
+        str(tmp_path / "imgs"): "images", str(tmp_path / "tbl"): "parquet",
+        str(tmp_path / "wds"): "webdataset", str(tmp_path / "empty"): "images",
+    }
+    assert {url: detect_format(url) for url in cases} == cases
+    assert isinstance(open_source(str(tmp_path / "tbl"), source_format="images"), ImageFiles)
+    manifest = open_source(str(tmp_path / "tbl" / "p.parquet"), source_format="manifest")
+    assert isinstance(manifest, ParquetTable) and manifest.uris_only
+    with pytest.raises(ValueError, match="--id-column"):
+        open_source(str(tmp_path / "imgs"), id_column="id")
+    with pytest.raises(ValueError, match="unknown --source-format"):
+        open_source(str(tmp_path / "imgs"), source_format="video")
+
+
+def test_every_kind_lists_the_same_twice_with_distinct_ids(tmp_path):
+    lake = Store(str(tmp_path))
+    for i in range(3):
+        lake.put(f"imgs/{i}.png", png(i))
+    lake.put("w.tar", tar_bytes(wds_shard(0)))
+    lake.put("t.parquet", parquet_bytes(image_table(3)))
+    lake.put("m.txt", b"imgs/0.png\nimgs/2.png\n")
+    sources = [open_source(lake.url(k)) for k in ("imgs", "w.tar", "t.parquet", "m.txt")]
+    first = [ref for s in sources for ref in s.list_images()]
+    assert first == [ref for s in sources for ref in s.list_images()]
+    # the manifest names images of the folder: the same URI is the same image
+    assert len({r.image_id for r in first}) == len(first) - 2
+    assert len({r.image_id for r in first if r.member is not None}) == 3 + 3
+
+
+def test_other_filesystems_walk_in_the_same_key_order(tmp_path):
+    keys = ["a.png", "a-b.png", "a/b.png", ".h/x.png", "b/c/d.png"]
+    local = Store(str(tmp_path))
+    memory = Store(f"memory://{tmp_path.name}")  # walked folder by folder, like gs:// or az://
+    for key in keys:
+        local.put(key, b"x")
+        memory.put(key, b"x")
+    in_memory = [e.uri.split(tmp_path.name, 1)[1] for e in list_files(memory.root)]
+    on_disk = [e.uri.split(tmp_path.name, 1)[1] for e in list_files(local.root)]
+    assert in_memory == on_disk == ["/a-b.png", "/a.png", "/a/b.png", "/b/c/d.png"]
