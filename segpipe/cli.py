@@ -102,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_options(p)
     p.set_defaults(func=cmd_annotate)
 
+    p = sub.add_parser("run", help="run a YAML job spec (jobs/*.yaml): its steps, in order",
+                       description="Run the annotate and export steps of a job spec. Options "
+                       "given here override the spec's annotate fields.")
+    p.add_argument("spec", help="job spec, a local path or any fsspec URL")
+    p.add_argument("--src", default=argparse.SUPPRESS, help="override the spec's src")
+    p.add_argument("--dst", default=argparse.SUPPRESS, help="override the spec's dst")
+    add_job_options(p, required=False)
+    p.set_defaults(func=cmd_run)
+
     p = sub.add_parser("status", help="planned, committed, failed and pending shards of DST")
     p.add_argument("dst")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -147,6 +156,14 @@ def _print_outputs(dst: str, summary: dict[str, Any]) -> None:
     print(f"  COCO panoptic: {root}/panoptic.json  (PNGs in {root}/panoptic/)")
     print(f"  tables:        {root}/tables/segments/  {root}/tables/images/  {root}/tables/errors/")
     print(f"  run summary:   {root}/_segpipe/runs/{summary['run_id']}/summary.json")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from segpipe.jobspec import load_spec, run_spec
+
+    overrides = {k: v for k, v in vars(args).items()
+                 if k not in ("command", "func", "spec", "verbose")}
+    return run_spec(load_spec(args.spec), overrides)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ starts a replacement. Knows nothing of models; it runs `pipeline.process_shard`.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -26,8 +27,12 @@ from segpipe.writer import RunContext
 
 log = logging.getLogger(__name__)
 
-# Env vars workers must share with the driver: storage credentials and endpoints.
+# Env vars workers must share with the driver: storage endpoints, regions, profiles. Secrets
+# are not forwarded: a runtime env is visible on the dashboard. A local Ray's workers inherit
+# the driver's environment anyway; a remote cluster's workers use their own credentials.
 FORWARDED_ENV_PREFIXES = ("AWS_", "SEGPIPE_", "HF_", "TRANSFORMERS_", "FSSPEC_")
+NEVER_FORWARDED = frozenset({"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+                             "AWS_ACCESS_KEY_ID", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"})
 SHARDS_IN_FLIGHT_PER_WORKER = 2  # one running, one reading ahead
 
 
@@ -35,7 +40,13 @@ def init_ray(address: str | None) -> None:
     """Join `address` (or RAY_ADDRESS), else start a local Ray; workers get our storage env."""
     if ray.is_initialized():
         return
-    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+    env = {k: v for k, v in os.environ.items()
+           if k.startswith(FORWARDED_ENV_PREFIXES) and k not in NEVER_FORWARDED}
+    # Inside a Ray job the job's own runtime env already reaches every worker, and Ray refuses
+    # a driver runtime env that sets one of its variables again.
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    job_env = (job.get("runtime_env") or {}).get("env_vars") or {}
+    env = {k: v for k, v in env.items() if k not in job_env}
     ray.init(address=address or os.environ.get("RAY_ADDRESS") or None,
              runtime_env={"env_vars": env} if env else None,
              log_to_driver=True, logging_level=logging.WARNING, include_dashboard=None)
