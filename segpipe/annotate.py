@@ -12,6 +12,7 @@ from typing import Any
 from segpipe import layout
 from segpipe.config import JobConfig
 from segpipe.executor import ShardPool, WorkerSpec, default_num_workers, init_ray
+from segpipe.incremental import seen_filter, write_superseded
 from segpipe.merge import write_merged_panoptic
 from segpipe.plan import Plan, read_plan, write_plan
 from segpipe.progress import Progress
@@ -76,11 +77,7 @@ def prepare_run(dst: Folder, config: JobConfig, source: Any) -> RunState:
                      config.revision, config.task)
     plan = read_plan(dst, run_id)
     if plan is None:
-        skip = None
-        if config.incremental:
-            from segpipe.incremental import seen_filter
-
-            skip = seen_filter(dst)
+        skip = seen_filter(dst) if config.incremental else None
         plan = write_plan(source, dst, run_id, config.shard_size, skip=skip)
     return RunState(run, plan)
 
@@ -118,7 +115,9 @@ def annotate(config: JobConfig) -> dict[str, Any]:
                         enabled=config.progress, stream=sys.stderr)
     with progress:
         result = pool.run(todo, progress.update)
-    write_merged_panoptic(dst, exclude_image_ids=_superseded(dst))
+    if config.incremental:
+        write_superseded(dst, run_id, state.run.created_at)
+    write_merged_panoptic(dst)
     summary = _summarize(dst, config, state, result, started, progress)
     dst.write_json(layout.summary(run_id), summary)
     if result.failed:
@@ -130,12 +129,6 @@ def annotate(config: JobConfig) -> dict[str, Any]:
                         f"({summary['error_rate']:.1%} > --max-error-rate {config.max_error_rate:.1%}); "
                         "see the errors table")
     return summary
-
-
-def _superseded(dst: Folder) -> set[int]:
-    from segpipe.incremental import superseded_image_ids
-
-    return superseded_image_ids(dst)
 
 
 def _fault_shard() -> str | None:

@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-options", type=_json_object, default=None)
     p.set_defaults(func=cmd_status)
 
+    p = sub.add_parser("runs", help="the runs recorded at DST: time, images, errors, model, duration")
+    p.add_argument("dst")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--storage-options", type=_json_object, default=None)
+    p.set_defaults(func=cmd_runs)
+
     p = sub.add_parser("eval", help="panoptic quality (PQ/SQ/RQ) of DST against ground truth")
     p.add_argument("pred_dst", help="a segpipe destination (its panoptic.json and panoptic/)")
     p.add_argument("gt", help="folder with the ground truth panoptic.json and panoptic/ PNGs")
@@ -172,6 +178,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     status = job_status(Folder(args.dst, args.storage_options or {}))
     print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from segpipe.status import format_runs, run_records
+    from segpipe.storage import Folder
+
+    records = run_records(Folder(args.dst, args.storage_options or {}))
+    print(json.dumps(records, indent=2) if args.json else format_runs(records))
     return 0
 
 

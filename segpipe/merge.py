@@ -23,11 +23,13 @@ def committed_shards(dst: Folder) -> Iterator[tuple[str, str]]:
             yield parts[2], parts[4][: -len(".json")]
 
 
-def write_merged_panoptic(dst: Folder, *, info: dict[str, Any] | None = None,
-                          exclude_image_ids: set[int] | None = None) -> int:
-    """Write DST/panoptic.json; returns the number of images in it."""
+def write_merged_panoptic(dst: Folder, *, info: dict[str, Any] | None = None) -> int:
+    """Write DST/panoptic.json; returns the number of images in it. An image annotated
+    again by a later run (new content) appears once, from the latest run."""
+    from segpipe.incremental import is_replaced, replaced_by_later_runs
+
     shards = list(committed_shards(dst))
-    excluded = exclude_image_ids or set()
+    replaced = replaced_by_later_runs(dst, shards)
     categories: list[dict[str, Any]] = []
     if shards:
         categories = dst.read_json(layout.fragment(*shards[0]))["categories"]
@@ -46,7 +48,7 @@ def write_merged_panoptic(dst: Folder, *, info: dict[str, Any] | None = None,
             for run_id, sid in shards:
                 for entry in dst.read_json(layout.fragment(run_id, sid))[section]:
                     image = entry["id"] if section == "images" else entry["image_id"]
-                    if image in excluded:
+                    if is_replaced(replaced, run_id, image):
                         continue
                     first = _write_item(out, entry, first)
                     count += section == "images"

@@ -49,3 +49,33 @@ def format_status(status: dict[str, Any]) -> str:
         for sid in run["failed_shards"]:
             lines.append(f"  failed shard {sid}")
     return "\n".join(lines)
+
+
+def run_records(dst: Folder) -> list[dict[str, Any]]:
+    """One record per run: when, how many images and errors, which model, how long."""
+    records = []
+    for run in job_status(dst)["runs"]:
+        run_id = run["run_id"]
+        started = dst.read_json(layout.run_record(run_id))
+        summary = run["last_summary"] or {}
+        records.append({
+            "run_id": run_id, "started_at": started["started_at"],
+            "finished_at": summary.get("finished_at"), "status": summary.get("status", "running"),
+            "incremental": started.get("incremental", False),
+            "images": summary.get("images", run["images"]["committed"]),
+            "errors": summary.get("errors"), "segments": summary.get("segments"),
+            "model": started["config"].get("model"), "task": started["config"].get("task"),
+            "duration_s": summary.get("duration_s"),
+        })
+    return records
+
+
+def format_runs(records: list[dict[str, Any]]) -> str:
+    header = f"{'run':<7} {'started (UTC)':<26} {'status':<11} {'images':>7} {'errors':>7} {'seconds':>8}  model"
+    lines = [header]
+    for r in records:
+        seconds = "-" if r["duration_s"] is None else f"{r['duration_s']:.1f}"
+        errors = "-" if r["errors"] is None else str(r["errors"])
+        lines.append(f"{r['run_id']:<7} {r['started_at'][:26]:<26} {r['status']:<11} "
+                     f"{r['images']:>7} {errors:>7} {seconds:>8}  {r['model']} ({r['task']})")
+    return "\n".join(lines)

@@ -80,6 +80,20 @@ ERRORS = pa.schema(
 
 SCHEMAS: dict[str, pa.Schema] = {"segments": SEGMENTS, "images": IMAGES, "errors": ERRORS}
 
+# One file per incremental run: rows of earlier runs that this run's rows replace (the same
+# image, new content). Readers treat (run_id, image_id) pairs listed here as outdated.
+SUPERSEDED = pa.schema(
+    [
+        ("image_id", pa.int64()),
+        ("image_uri", pa.string()),
+        ("run_id", pa.string()),  # the run whose rows are superseded
+        ("superseded_by_run_id", pa.string()),
+        ("created_at", TIMESTAMP),
+    ]
+)
+
+RUN_SCHEMAS: dict[str, pa.Schema] = {"superseded": SUPERSEDED}
+
 
 def table_key(table: str, run_id: str, shard_id: str) -> str:
     return f"tables/{table}/run={run_id}/{shard_id}.parquet"
@@ -87,7 +101,7 @@ def table_key(table: str, run_id: str, shard_id: str) -> str:
 
 def to_parquet_bytes(table: str, rows: list[dict[str, Any]]) -> bytes:
     """Serialize rows with the table's fixed schema; byte-identical for identical rows."""
-    arrow = pa.Table.from_pylist(rows, schema=SCHEMAS[table])
+    arrow = pa.Table.from_pylist(rows, schema=SCHEMAS.get(table) or RUN_SCHEMAS[table])
     buf = io.BytesIO()
     pq.write_table(arrow, buf, compression="zstd", write_statistics=True)
     return buf.getvalue()
