@@ -12,6 +12,9 @@ from typing import Any
 from segpipe.config import DTYPES, TASKS, JobConfig
 
 SOURCE_FORMATS = ("images", "webdataset", "parquet", "manifest")
+# Kept here rather than imported so the CLI starts without loading the export stack;
+# run_export checks the name again.
+EXPORT_FORMATS = ("coco-instance", "cvat", "labelstudio")
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -130,6 +133,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-options", type=_json_object, default=None)
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("export", help="export DST's committed pre-labels to COCO, CVAT or "
+                       "Label Studio", description="Write DST's committed shards as a COCO "
+                       "instance file, a CVAT COCO 1.0 file, or Label Studio tasks with brush "
+                       "predictions (plus label_config.xml beside them).")
+    p.add_argument("dst", help="a segpipe destination, local or s3://")
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS,
+                   help="coco-instance: COCO instance JSON with RLE masks (thing segments of "
+                   "panoptic and semantic runs); cvat: the COCO 1.0 file CVAT imports as masks; "
+                   "labelstudio: Label Studio tasks with brush-mask predictions")
+    p.add_argument("--out", required=True, help="the file to write, local or any fsspec URL")
+    p.add_argument("--image-prefix", default=None, help="name images by HTTP URL: this prefix "
+                   "replaces --image-root in each source URI (e.g. https://cdn.example.com/lake/)")
+    p.add_argument("--image-root", default=None, help="the part of the source URIs that "
+                   "--image-prefix replaces (default: scheme and bucket, e.g. s3://lake/, or / "
+                   "for local paths); for cvat, images are named by their path below it")
+    p.add_argument("--min-score", type=float, default=None,
+                   help="leave out segments scored below this")
+    p.add_argument("--things-only", action=argparse.BooleanOptionalAction, default=None,
+                   help="only segments of thing categories (default: yes for coco-instance of "
+                   "panoptic and semantic runs, no otherwise)")
+    p.add_argument("--from-name", default="label",
+                   help="labelstudio: name of the BrushLabels tag (label)")
+    p.add_argument("--to-name", default="image", help="labelstudio: name of the Image tag (image)")
+    p.add_argument("--storage-options", type=_json_object, default=None)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("preview", help="overlay previews and a static HTML gallery of DST",
+                       description="Draw each committed image with its segments and write "
+                       "index.html, a gallery with paging and filters, beside the overlays.")
+    p.add_argument("dst", help="a segpipe destination, local or s3://")
+    p.add_argument("--out", default=None,
+                   help="folder for index.html and images/ (default: DST/preview)")
+    p.add_argument("--limit", type=int, default=200,
+                   help="how many images to draw, in committed order (200)")
+    p.add_argument("--storage-options", type=_json_object, default=None)
+    p.set_defaults(func=cmd_preview)
+
     p = sub.add_parser("synth", help="write synthetic scenes with COCO-panoptic ground truth")
     p.add_argument("out")
     p.add_argument("--count", type=int, default=100)
@@ -197,6 +237,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate(f"{pred}/panoptic.json", f"{pred}/panoptic", f"{gt}/panoptic.json",
                       f"{gt}/panoptic", storage_options=args.storage_options)
     print(json.dumps(result, indent=2) if args.json else format_report(result))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from segpipe.export import run_export
+
+    counts = run_export(args.dst, format=args.format, out=args.out,
+                        image_prefix=args.image_prefix, image_root=args.image_root,
+                        storage_options=args.storage_options, min_score=args.min_score,
+                        things_only=args.things_only, from_name=args.from_name,
+                        to_name=args.to_name)
+    print(f"wrote {counts['images']} images and {counts['annotations']} annotations from "
+          f"{counts['shards']} committed shards to {counts['out']}")
+    if "label_config" in counts:
+        print(f"  Label Studio labeling config: {counts['label_config']}")
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from segpipe.preview import write_preview
+
+    url = write_preview(args.dst, out=args.out, limit=args.limit,
+                        storage_options=args.storage_options)
+    print(f"gallery: {url}")
     return 0
 
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import html
 import io
+import itertools
 import json
 import logging
 import posixpath
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,11 +29,11 @@ from segpipe.labels import Category
 from segpipe.reading import (
     AnnotatedImage,
     categories,
-    committed_shards,
     iter_images,
     open_destination,
     read_id_map,
     read_source_pixels,
+    require_committed,
 )
 from segpipe.sources.base import ordered_map
 from segpipe.storage import Folder
@@ -56,7 +58,7 @@ def write_preview(dst: str, *, out: str | None = None, limit: int = 200,
     gallery's URL."""
     folder = open_destination(dst, storage_options)
     target = Folder(out, folder.storage_options) if out else folder.sub(PREVIEW)
-    shards = committed_shards(folder)
+    shards = require_committed(folder)
     cats = {c.id: c for c in categories(folder, shards)}
     chosen = _first(iter_images(folder, shards=shards, rle=False), limit)
 
@@ -133,7 +135,7 @@ def _segment_color(cats: dict[int, Category], category_id: int, segment_id: int,
     color = np.array(cat.color if cat else (200, 200, 200), dtype=np.float64)
     if is_thing:  # instances of one category get nearby, distinguishable shades
         vec = np.random.default_rng(segment_id).random(3) - 0.5
-        color = np.clip(color + vec / max(np.linalg.norm(vec), 1e-6) * 64, 0, 255)
+        color = np.clip(color + vec / max(float(np.linalg.norm(vec)), 1e-6) * 64, 0, 255)
     return color
 
 
@@ -162,7 +164,7 @@ def _draw_labels(canvas: Image.Image, ids: np.ndarray, image: AnnotatedImage,
         nearest = np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2)
         text = seg.category_name if seg.score is None else f"{seg.category_name} {seg.score:.0%}"
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        w, h = right - left, bottom - top
+        w, h = int(right - left), int(bottom - top)
         x = int(np.clip(xs[nearest] - w / 2, 0, max(0, canvas.width - w)))
         y = _free_row(int(ys[nearest] - h / 2), x, w, h, placed, canvas.height)
         placed.append((x, y, w, h))
@@ -196,13 +198,8 @@ def _gallery_item(image: AnnotatedImage, key: str, overlay: Overlay) -> dict[str
     }
 
 
-def _first(images: Any, limit: int) -> list[AnnotatedImage]:
-    out = []
-    for image in images:
-        if len(out) >= limit:
-            break
-        out.append(image)
-    return out
+def _first(images: Iterable[AnnotatedImage], limit: int) -> list[AnnotatedImage]:
+    return list(itertools.islice(images, max(0, limit)))
 
 
 def _hex(color: tuple[int, int, int]) -> str:

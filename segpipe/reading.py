@@ -2,9 +2,9 @@
 
 Export, preview and other readers go through here, so they all see the same thing:
 only shards with a commit marker count, and an image annotated in several runs is
-read from the latest run that has it (a later run only re-annotates an image whose
-content changed). Reading is per shard, so memory follows one shard, not the
-destination.
+read from the latest run that annotated it (a later run only re-annotates an image
+whose content changed), as in the merged panoptic.json. Reading is per shard, so memory
+follows one shard, not the destination.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from PIL import Image
 
 from segpipe import coco, layout, tables
 from segpipe.decode import decode_image
+from segpipe.incremental import is_replaced, replaced_by_later_runs
 from segpipe.labels import Category, load_categories
 from segpipe.merge import committed_shards as _committed_shards
-from segpipe.records import ImageRef
+from segpipe.records import ImageFailure, ImageRef
 from segpipe.storage import Folder, filesystem
 
 # Hive partition values look like numbers ("00001"); read as strings they keep their zeros.
@@ -79,6 +80,21 @@ def committed_shards(dst: Folder) -> list[tuple[str, str]]:
     return list(_committed_shards(dst))
 
 
+class NothingCommitted(ValueError):
+    """A destination without a committed shard: a wrong URL, or a job that has not
+    committed anything yet."""
+
+
+def require_committed(dst: Folder) -> list[tuple[str, str]]:
+    """The committed shards; raises NothingCommitted when there are none, so that a
+    mistyped destination is an error rather than an empty export."""
+    shards = committed_shards(dst)
+    if not shards:
+        raise NothingCommitted(f"{dst.url} has no committed shards: not a segpipe destination, "
+                               "or no shard of its job has finished yet")
+    return shards
+
+
 def job_settings(dst: Folder) -> dict[str, Any]:
     """The settings that guard the destination (model, task, label map...)."""
     return dst.read_json(layout.JOB)["fingerprint"] if dst.exists(layout.JOB) else {}
@@ -121,25 +137,25 @@ def iter_images(dst: Folder, *, shards: Shards | None = None, segments: bool = T
     below it; segments without a score (semantic runs) are kept.
     """
     shards = committed_shards(dst) if shards is None else list(shards)
-    replaced = _replaced_by_later_runs(dst, shards)
+    replaced = replaced_by_later_runs(dst, shards)
     fs = dst.fs
     for run_id, sid in shards:
         images = pq.read_table(dst.path(tables.table_key("images", run_id, sid)), filesystem=fs)
-        later = replaced.get(run_id)
-        rows = [r for r in images.to_pylist() if r["status"] == "ok"
-                and (later is None or not _contains(later, r["image_id"]))]
+        rows = [r for r in images.to_pylist()
+                if r["status"] == "ok" and not is_replaced(replaced, run_id, r["image_id"])]
         if not rows:
             continue
-        by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        by_image: dict[int, list[SegmentRecord]] = defaultdict(list)
         models: dict[int, tuple[str | None, str | None]] = {}
         if segments:
             columns = [name for name in tables.SEGMENTS.names if rle or name != "rle"]
             seg_table = pq.read_table(dst.path(tables.table_key("segments", run_id, sid)),
                                       filesystem=fs, columns=columns)
-            for seg in seg_table.to_pylist():
-                models[seg["image_id"]] = (seg["model"], seg["model_revision"])
-                if min_score is None or seg["score"] is None or seg["score"] >= min_score:
-                    by_image[seg["image_id"]].append(seg)
+            for row in seg_table.to_pylist():
+                models[row["image_id"]] = (row["model"], row["model_revision"])
+                seg = _segment(row)
+                if min_score is None or seg.score is None or seg.score >= min_score:
+                    by_image[row["image_id"]].append(seg)
         for row in rows:
             model, revision = models.get(row["image_id"], (None, None))
             yield AnnotatedImage(
@@ -147,7 +163,7 @@ def iter_images(dst: Folder, *, shards: Shards | None = None, segments: bool = T
                 width=row["width"], height=row["height"], run_id=run_id, shard_id=sid,
                 panoptic_png=row["panoptic_png"], semantic_png=row["semantic_png"],
                 model=model, model_revision=revision,
-                segments=tuple(_segment(s) for s in by_image.get(row["image_id"], ())))
+                segments=tuple(by_image.get(row["image_id"], ())))
 
 
 def read_id_map(dst: Folder, image: AnnotatedImage) -> np.ndarray:
@@ -183,12 +199,12 @@ def read_source_pixels(dst: Folder, image: AnnotatedImage, *,
                              image_column=config.get("image_column"),
                              uri_column=config.get("uri_column"), id_column=config.get("id_column"))
         _, data = next(iter(source.fetch([ref], threads=1)))
-        if not isinstance(data, bytes):
+        if isinstance(data, ImageFailure):
             raise OSError(data.message)
     decoded = decode_image(ref, data, max_pixels=max_pixels)
-    if not hasattr(decoded, "pixels"):
-        raise OSError(decoded.message)  # type: ignore[union-attr]
-    return decoded.pixels  # type: ignore[union-attr]
+    if isinstance(decoded, ImageFailure):
+        raise OSError(decoded.message)
+    return decoded.pixels
 
 
 def _segment(row: dict[str, Any]) -> SegmentRecord:
@@ -197,26 +213,4 @@ def _segment(row: dict[str, Any]) -> SegmentRecord:
     return SegmentRecord(row["segment_id"], row["category_id"], row["category_name"],
                          row["is_thing"], score, row["area"], list(row["bbox"]), row.get("rle"))
 
-
-def _replaced_by_later_runs(dst: Folder, shards: Shards) -> dict[str, np.ndarray]:
-    """For each run but the last, the sorted ids of images that a later run also has.
-
-    Only ids are held (8 bytes an image), and only when the destination has several runs.
-    """
-    runs = sorted({run_id for run_id, _ in shards})
-    if len(runs) < 2:
-        return {}
-    out: dict[str, np.ndarray] = {}
-    later = np.empty(0, dtype=np.int64)
-    for run_id in reversed(runs):
-        out[run_id] = later
-        run_shards = [s for s in shards if s[0] == run_id]
-        ids = table_dataset(dst, "images", run_shards).to_table(columns=["image_id"])
-        later = np.union1d(later, ids.column("image_id").to_numpy())
-    return out
-
-
-def _contains(sorted_ids: np.ndarray, value: int) -> bool:
-    i = np.searchsorted(sorted_ids, value)
-    return bool(i < sorted_ids.size and sorted_ids[i] == value)
 

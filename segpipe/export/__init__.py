@@ -2,34 +2,38 @@
 
     coco-instance  COCO instance JSON, masks as compressed RLE; thing segments only for
                    panoptic and semantic runs (all segments for instance runs)
-    cvat           the COCO 1.0 file CVAT imports as mask shapes (iscrowd 1, RLE),
+    cvat           the COCO file CVAT imports as mask shapes (iscrowd 1, compressed RLE),
                    images named as CVAT matches task frames; all segments
     labelstudio    Label Studio tasks with brush-mask predictions, plus the labeling
                    config (label_config.xml) beside the tasks file; all segments
+
+In CVAT: create a task whose labels are the category names and whose images are the
+source images, then Actions > Upload annotations > "COCO 1.0" with the exported file.
+CVAT matches images by file name (without extension), so `cvat` names each image by its
+base name, or by its path below `image_root` when one is given; an export whose names
+would collide is refused. CVAT keeps `score` only if the label has a `score` attribute.
 
 Only committed shards are exported. See `segpipe.export.images` for how images are named.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from segpipe.export.coco_instances import write_coco_instances
-from segpipe.export.images import ImageNaming
+from segpipe.export.images import ImageNaming, refuse_duplicate_cvat_names
 from segpipe.export.labelstudio import labeling_config, write_tasks
 from segpipe.export.output import open_text, sibling
-from segpipe.identity import image_id as name_hash
 from segpipe.reading import (
     AnnotatedImage,
     SegmentRecord,
     categories,
-    committed_shards,
     iter_images,
     job_settings,
     open_destination,
+    require_committed,
 )
-from segpipe.sources.base import duplicate_ids
 
 FORMATS = ("coco-instance", "cvat", "labelstudio")
 LABEL_CONFIG = "label_config.xml"
@@ -48,7 +52,7 @@ def run_export(dst: str, *, format: str, out: str, image_prefix: str | None = No
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
     folder = open_destination(dst, storage_options)
-    shards = committed_shards(folder)
+    shards = require_committed(folder)
     settings = job_settings(folder)
     task = settings.get("task", "panoptic")
     if things_only is None:
@@ -75,7 +79,7 @@ def run_export(dst: str, *, format: str, out: str, image_prefix: str | None = No
 
     file_name = naming.uri if format == "coco-instance" else naming.cvat_name
     if format == "cvat":
-        _refuse_duplicate_names(images(segments=False), file_name)
+        refuse_duplicate_cvat_names(images(segments=False), naming)
     info = {"description": "segpipe pre-labels", "source": folder.url, "task": task,
             "model": settings.get("model")}
     with open_text(out, storage_options) as f:
@@ -84,14 +88,3 @@ def run_export(dst: str, *, format: str, out: str, image_prefix: str | None = No
             iscrowd=1 if format == "cvat" else 0, info=info))
     return result
 
-
-def _refuse_duplicate_names(images: Iterable[AnnotatedImage],
-                            file_name: Callable[[AnnotatedImage], str]) -> None:
-    """CVAT matches annotations to frames by name: two images with one name would get
-    each other's masks, so refuse, and say how to keep the folders in the names."""
-    repeated = duplicate_ids(name_hash(file_name(image)) for image in images)
-    if repeated:
-        raise ValueError(
-            f"{len(repeated)} file name(s) are shared by several images; CVAT matches "
-            "annotations to frames by name. Pass image_root (--image-root) to name images by "
-            "their path below it, as the CVAT task's frames are named.")

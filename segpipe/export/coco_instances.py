@@ -21,25 +21,26 @@ from segpipe.labels import Category
 from segpipe.reading import AnnotatedImage, SegmentRecord
 
 
-def write_coco_instances(out: IO[str], *, images: Callable[[], Iterable[AnnotatedImage]],
+def write_coco_instances(out: IO[str], *, images: Callable[..., Iterable[AnnotatedImage]],
                          categories: tuple[Category, ...], keep: Callable[[SegmentRecord], bool],
                          file_name: Callable[[AnnotatedImage], str], iscrowd: int,
                          info: dict[str, Any]) -> dict[str, int]:
-    """Stream one COCO instance JSON; `images()` is called once per section."""
+    """Stream one COCO instance JSON. `images(segments=...)` is called once per section,
+    without segments for the images section."""
     out.write('{"info":' + json.dumps(info))
     out.write(',"licenses":[]')
     out.write(',"categories":' + json.dumps([_category(c) for c in categories]))
     out.write(',"images":')
     section = JsonArrayWriter(out)
     section.open()
-    for image in images():
+    for image in images(segments=False):
         section.add({"id": image.image_id, "file_name": file_name(image),
                      "width": image.width, "height": image.height})
     section.close()
     out.write(',"annotations":')
     annotations = JsonArrayWriter(out)
     annotations.open()
-    for image in images():
+    for image in images(segments=True):
         for seg in image.segments:
             if keep(seg):
                 annotations.add(_annotation(annotations.count + 1, image, seg, iscrowd))

@@ -16,10 +16,13 @@ container (a tar member, a Parquet row) has no URI of its own: it is named
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
+from segpipe.identity import image_id as name_hash
 from segpipe.reading import AnnotatedImage
+from segpipe.sources.base import duplicate_ids
 
 
 @dataclass(frozen=True)
@@ -57,3 +60,18 @@ def default_root(uri: str) -> str:
     if parts.scheme and parts.scheme != "file" and parts.netloc:
         return f"{parts.scheme}://{parts.netloc}/"
     return "file:///" if parts.scheme == "file" else "/"
+
+
+def refuse_duplicate_cvat_names(images: Iterable[AnnotatedImage], naming: ImageNaming) -> None:
+    """CVAT matches annotations to frames by name: two images with one name would get
+    each other's masks, so refuse, and say how to keep the folders in the names.
+
+    Names are hashed to 8-byte ids while counting, so memory stays small."""
+    # CVAT compares names without their extension: a.jpg and a.png are one frame to it.
+    repeated = duplicate_ids(name_hash(posixpath.splitext(naming.cvat_name(image))[0])
+                             for image in images)
+    if repeated:
+        raise ValueError(
+            f"{len(repeated)} file name(s) are shared by several images; CVAT matches "
+            "annotations to frames by name. Pass image_root (--image-root) to name images by "
+            "their path below it, as the CVAT task's frames are named.")
