@@ -11,7 +11,14 @@ from typing import Any
 
 from segpipe import layout
 from segpipe.config import JobConfig
-from segpipe.executor import ShardPool, WorkerSpec, default_num_workers, init_ray
+from segpipe.executor import (
+    ShardPool,
+    WorkerSpec,
+    cpu_threads_per_worker,
+    default_num_workers,
+    init_ray,
+    peak_rss_mb,
+)
 from segpipe.incremental import seen_filter, write_superseded
 from segpipe.merge import write_merged_panoptic
 from segpipe.plan import Plan, read_plan, write_plan
@@ -106,7 +113,7 @@ def annotate(config: JobConfig) -> dict[str, Any]:
         overlap_mask_area_threshold=config.overlap_mask_area_threshold,
         allow_pickle_weights=config.allow_pickle_weights, storage_options=config.storage_options)
     spec = WorkerSpec(source, segmenter, dst, state.run, config.batch_size, config.read_threads,
-                      config.max_image_pixels, torch_threads=max(1, int(config.cpus_per_worker)),
+                      config.max_image_pixels, torch_threads=cpu_threads_per_worker(num_workers),
                       fault=_fault_shard())
     pool = ShardPool(spec, num_workers=num_workers, gpus_per_worker=config.gpus_per_worker,
                      cpus_per_worker=config.cpus_per_worker, max_attempts=config.max_attempts)
@@ -159,4 +166,10 @@ def _summarize(dst: Folder, config: JobConfig, state: RunState, result: Any, sta
         "images_this_session": progress.processed,
         "images_per_s": round(progress.processed / elapsed, 3) if elapsed > 0 else 0.0,
         "workers_replaced": result.workers_replaced,
+        # What this session's workers measured: time in the model's forward against the
+        # shards' wall time, and peak memory of the driver and of the busiest worker.
+        "worker_forward_s": round(sum(m.get("forward_s", 0.0) for m in result.committed.values()), 3),
+        "worker_shard_wall_s": round(sum(m.get("wall_s", 0.0) for m in result.committed.values()), 3),
+        "worker_peak_rss_mb": round(max((m.get("peak_rss_mb", 0.0) for m in result.committed.values()), default=0.0), 1),
+        "driver_peak_rss_mb": round(peak_rss_mb(), 1),
     }

@@ -83,7 +83,10 @@ def read_id_map(url: str, storage_options: dict | None = None) -> np.ndarray:
 def _annotations_by_name(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Each annotation keyed by the basename of its image's file_name."""
     names = {image["id"]: image["file_name"].rsplit("/", 1)[-1] for image in document["images"]}
-    return {names[ann["image_id"]]: ann for ann in document["annotations"]}
+    by_name = {names[ann["image_id"]]: ann for ann in document["annotations"]}
+    if len(by_name) != len(document["annotations"]):
+        raise ValueError("two images share a file name: images are paired by file name")
+    return by_name
 
 
 def _ground_truth(

@@ -100,7 +100,15 @@ class ShardWorker:
         )
         self.metrics.record(marker)
         marker["pid"] = os.getpid()
+        marker["peak_rss_mb"] = peak_rss_mb()
         return marker
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 class _WorkerMetrics:
@@ -136,6 +144,13 @@ class PoolResult:
 def cluster_resources() -> tuple[float, float]:
     res = ray.cluster_resources()
     return float(res.get("CPU", 0)), float(res.get("GPU", 0))
+
+
+def cpu_threads_per_worker(num_workers: int) -> int | None:
+    """On a cluster without GPUs, each worker's torch gets its share of the CPUs (Ray would
+    otherwise pin it to the one CPU it declares); with GPUs, torch's default is right."""
+    cpus, gpus = cluster_resources()
+    return None if gpus > 0 else max(1, int(cpus // num_workers))
 
 
 def default_num_workers(gpus_per_worker: float) -> int:

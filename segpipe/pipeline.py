@@ -81,6 +81,8 @@ def process_shard(
 ) -> dict[str, Any]:
     """Process and commit one shard; returns its commit marker. Per-image failures
     become error rows; only a failure of the shard as a whole raises."""
+    started_at = time.perf_counter()
+    forward_before = segmenter.forward_seconds
     loaded = segmenter.setup()
     writer = ShardWriter(dst, run, shard, loaded.label_set, attempt=attempt)
     lock = model_lock or nullcontext()
@@ -114,5 +116,8 @@ def process_shard(
     if batch:
         flush()
     marker = writer.commit()
+    # Timings ride along in the returned marker only; the stored marker stays deterministic.
     marker["batch_seconds"] = stats.batch_seconds
+    marker["forward_s"] = segmenter.forward_seconds - forward_before
+    marker["wall_s"] = time.perf_counter() - started_at
     return marker

@@ -9,8 +9,11 @@ How: a target pixel's value is a short chain of separable linear resamplings (bi
 maybe antialiased) of a few mask logits, with a monotone sigmoid in between and a positive
 score as a factor. So the minimum and maximum logit under a tile of the target bound every
 pixel value in that tile. Per tile, queries that cannot win the argmax (nor straddle the mask
-threshold) are settled from those bounds; only the rest are evaluated exactly, in the same
-order of operations as ``torch.nn.functional.interpolate``, in chunks of bounded size.
+threshold) are settled from those bounds; the rest get their values on the tile's mid window
+(tighter bounds, settling more), and only what is still open is resampled to the target, in
+chunks of bounded size (`max_chunk_pixels`, tiles of `tile` x `tile` target pixels). Exact
+values follow ``torch.nn.functional.interpolate``'s order of operations and fused
+multiply-adds, so on the CPU they are its values bit for bit (antialiased downsampling aside).
 
 Which model family uses which variant (``family=``):
 
@@ -29,8 +32,9 @@ oneformer     none                    bilinear, antialiased           top-k clas
 
 Deliberate differences from transformers:
 
-- Ids: 0 is void and segment ids are 1..N everywhere. Transformers' instance ids start at 0
-  with -1 as background; where it returns -1 everywhere ("no segment") this returns all 0.
+- Ids: 0 is void and segment ids are 1..N everywhere. Transformers' Mask2Former/MaskFormer
+  instance ids start at 0 with -1 as background; where it returns -1 everywhere ("no
+  segment") this returns all 0.
 - Fusion (``label_ids_to_fuse``): transformers resets its id counter to a fused segment's
   id when a later query joins it, so the next new segment reuses an existing id; and it lists
   the fused segment once per joining query. Here ids stay unique (as in the original
@@ -44,6 +48,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -164,6 +169,7 @@ class _AxisPlan:
     position: torch.Tensor  # (tiles, tile) target positions, the last repeated as padding
     valid: torch.Tensor  # (tiles, tile) bool: real positions, not padding
     window: torch.Tensor  # (tiles, span) source positions under the tile (repeats pad)
+    mid_window: torch.Tensor  # (tiles, n_mid) mid positions under the tile (= window if no mid)
     mid_index: torch.Tensor | None  # (tiles, n_mid, T1) source -> mid taps, or no mid step
     mid_weight: torch.Tensor | None
     out_index: torch.Tensor  # (tiles, tile, T2) mid (or source) -> target taps
@@ -177,7 +183,7 @@ class _AxisPlan:
 def _plan_axis(src: int, mid: int | None, out: int, tile: int, antialias: bool,
                device: torch.device) -> _AxisPlan:
     tiles = -(-out // tile)
-    position = torch.arange(tiles, device=device)[:, None] * tile + torch.arange(tile, device=device)
+    position = torch.arange(tiles * tile, device=device).view(tiles, tile)
     valid = position < out
     position = position.clamp_max(out - 1)
     final = (_antialiased_taps if antialias else _bilinear_taps)(mid or src, out, device)
@@ -185,34 +191,39 @@ def _plan_axis(src: int, mid: int | None, out: int, tile: int, antialias: bool,
     lo, hi = out_index.amin((1, 2)), out_index.amax((1, 2))
     out_index = out_index - lo[:, None, None]
     mid_index = mid_weight = None
+    n_mid = int((hi - lo).max()) + 1
+    mid_window = torch.minimum(lo[:, None] + torch.arange(n_mid, device=device), hi[:, None])
     if mid is not None:
-        n_mid = int((hi - lo).max()) + 1
-        mid_pos = torch.minimum(lo[:, None] + torch.arange(n_mid, device=device), hi[:, None])
         first = _bilinear_taps(src, mid, device)
-        mid_index, mid_weight = first.index[mid_pos], first.weight[mid_pos]
+        mid_index, mid_weight = first.index[mid_window], first.weight[mid_window]
         lo, hi = mid_index.amin((1, 2)), mid_index.amax((1, 2))
         mid_index = mid_index - lo[:, None, None]
     span = int((hi - lo).max()) + 1
     window = torch.minimum(lo[:, None] + torch.arange(span, device=device), hi[:, None])
-    return _AxisPlan(out, tile, position, valid, window, mid_index, mid_weight, out_index,
-                     final.weight[position])
+    return _AxisPlan(out, tile, position, valid, window, mid_window, mid_index, mid_weight,
+                     out_index, final.weight[position])
 
 
-def _apply_taps(values: torch.Tensor, index: torch.Tensor, weight: torch.Tensor,
-                dim: int) -> torch.Tensor:
-    """Resample (N, A, B) along `dim` (1 or 2) with per-item taps (N, n, T), rounding as
+def _resample_rows(values: torch.Tensor, index: torch.Tensor, weight: torch.Tensor,
+                   ) -> torch.Tensor:
+    """Resample (N, A, B) along A with per-item taps (N, n, T) into (N, n, B), rounding as
     PyTorch's kernels do: the first product, then fused multiply-adds (addcmul)."""
     n, a, b = values.shape
+    rows = values.reshape(n * a, b)
+    base = torch.arange(n, device=values.device)[:, None] * a
     out = None
     for t in range(index.shape[-1]):
-        if dim == 2:
-            picked = values.gather(2, index[:, None, :, t].expand(n, a, index.shape[1]))
-            w = weight[:, None, :, t]
-        else:
-            picked = values.gather(1, index[:, :, t, None].expand(n, index.shape[1], b))
-            w = weight[:, :, t, None]
+        picked = rows.index_select(0, (base + index[:, :, t]).flatten())
+        picked, w = picked.view(n, index.shape[1], b), weight[:, :, t, None]
         out = picked * w if out is None else torch.addcmul(out, picked, w)
     return out
+
+
+def _resample_cols(values: torch.Tensor, index: torch.Tensor, weight: torch.Tensor,
+                   ) -> torch.Tensor:
+    """Resample (N, A, B) along B; rows are cheaper to pick than columns, so transpose."""
+    picked = _resample_rows(values.transpose(1, 2).contiguous(), index, weight)
+    return picked.transpose(1, 2).contiguous()
 
 
 @dataclass(frozen=True)
@@ -227,6 +238,15 @@ class _Grid:
     def count(self) -> int:
         return self.rows.count * self.cols.count
 
+    @property
+    def pair_pixels(self) -> int:
+        """The most values one (query, tile) pair holds at any step."""
+        sizes = [self.rows.tile * self.cols.tile,
+                 self.rows.window.shape[1] * self.cols.window.shape[1]]
+        if self.rows.mid_index is not None:
+            sizes.append(self.rows.mid_index.shape[1] * self.cols.mid_index.shape[1])
+        return max(sizes)
+
     def split(self, tile: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return tile // self.cols.count, tile % self.cols.count
 
@@ -234,37 +254,62 @@ class _Grid:
         """(tiles,) count of real target pixels per tile, tiles in row-major order."""
         return (self.rows.valid.sum(1)[:, None] * self.cols.valid.sum(1)[None]).flatten()
 
+    @property
+    def padded(self) -> bool:
+        """Whether the last tiles reach past the target (so padding must be masked)."""
+        return self.rows.size % self.rows.tile != 0 or self.cols.size % self.cols.tile != 0
+
     def valid(self, tile: torch.Tensor) -> torch.Tensor:
         """(N, tile_h, tile_w) mask of real target pixels in the given tiles."""
         ty, tx = self.split(tile)
         return self.rows.valid[ty][:, :, None] & self.cols.valid[tx][:, None]
 
     def bounds(self, source: torch.Tensor, scores: torch.Tensor | None,
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+               max_values: int = DEFAULT_MAX_CHUNK_PIXELS) -> tuple[torch.Tensor, torch.Tensor]:
         """Lower and upper bounds (tiles, K) of every query's value over every tile."""
-        under_rows = source[:, self.rows.window]  # (K, tiles_y, span_y, w)
-        lo = under_rows.amin(2)[:, :, self.cols.window].amin(3).flatten(1).T.contiguous()
-        hi = under_rows.amax(2)[:, :, self.cols.window].amax(3).flatten(1).T.contiguous()
-        lo, hi = _widen(lo, hi)
+        rows, cols = self.rows.window, self.cols.window
+        step = max(1, max_values // (source.shape[0] * rows.shape[1] * source.shape[2]))
+        parts = []
+        for start in range(0, len(rows), step):  # bounded memory for huge targets
+            window = rows[start:start + step]
+            under = source.index_select(1, window.flatten()).unflatten(1, window.shape)
+            lo, hi = under.amin(2), under.amax(2)  # (K, tile rows, w)
+            lo = lo.index_select(2, cols.flatten()).unflatten(2, cols.shape).amin(3)
+            hi = hi.index_select(2, cols.flatten()).unflatten(2, cols.shape).amax(3)
+            parts.append((lo.flatten(1).T, hi.flatten(1).T))
+        lo, hi = _widen(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
         if self.between is not None and self.rows.mid_index is not None:
             lo, hi = _widen(self.between(lo), self.between(hi))
         if scores is not None:
             lo, hi = _widen(lo * scores, hi * scores)
         return lo, hi
 
-    def values(self, source: torch.Tensor, scores: torch.Tensor | None, query: torch.Tensor,
-               tile: torch.Tensor) -> torch.Tensor:
-        """Exact target values (N, tile_h, tile_w) of the given (query, tile) pairs."""
+    def mid_values(self, source: torch.Tensor, query: torch.Tensor,
+                   tile: torch.Tensor) -> torch.Tensor:
+        """(N, n_mid_y, n_mid_x) values of (query, tile) pairs on each tile's mid window
+        (its source window when there is no mid step): all the final resize reads."""
         ty, tx = self.split(tile)
         rows, cols = self.rows, self.cols
-        patch = source[query[:, None, None], rows.window[ty][:, :, None], cols.window[tx][:, None]]
-        if rows.mid_index is not None:
-            patch = _apply_taps(patch, cols.mid_index[tx], cols.mid_weight[tx], dim=2)
-            patch = _apply_taps(patch, rows.mid_index[ty], rows.mid_weight[ty], dim=1)
-            if self.between is not None:
-                patch = self.between(patch)
-        patch = _apply_taps(patch, cols.out_index[tx], cols.out_weight[tx], dim=2)
-        patch = _apply_taps(patch, rows.out_index[ty], rows.out_weight[ty], dim=1)
+        patch = _windows(source, query, rows.window[ty], cols.window[tx])
+        if rows.mid_index is None:
+            return patch
+        # Width first, then height: the order of PyTorch's kernels, so the rounding matches.
+        patch = _resample_cols(patch, cols.mid_index[tx], cols.mid_weight[tx])
+        patch = _resample_rows(patch, rows.mid_index[ty], rows.mid_weight[ty])
+        return patch if self.between is None else self.between(patch)
+
+    def mid_windows(self, mid: torch.Tensor, query: torch.Tensor,
+                    tile: torch.Tensor) -> torch.Tensor:
+        """(N, n_mid_y, n_mid_x) windows of a mid-level tensor (K, mid_h, mid_w) per pair."""
+        ty, tx = self.split(tile)
+        return _windows(mid, query, self.rows.mid_window[ty], self.cols.mid_window[tx])
+
+    def target_values(self, mid: torch.Tensor, scores: torch.Tensor | None,
+                      query: torch.Tensor, tile: torch.Tensor) -> torch.Tensor:
+        """(N, tile_h, tile_w) exact target values of (query, tile) pairs from `mid_values`."""
+        ty, tx = self.split(tile)
+        patch = _resample_cols(mid, self.cols.out_index[tx], self.cols.out_weight[tx])
+        patch = _resample_rows(patch, self.rows.out_index[ty], self.rows.out_weight[ty])
         if scores is not None:
             patch = patch * scores[query][:, None, None]
         return patch
@@ -277,9 +322,18 @@ class _Grid:
         return full[: rows.size, : cols.size].contiguous()
 
 
-def _widen(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    slack = _BOUND_SLACK * torch.maximum(lo.abs(), hi.abs()) + 1e-30
-    return lo - slack, hi + slack
+def _windows(values: torch.Tensor, query: torch.Tensor, rows: torch.Tensor,
+             cols: torch.Tensor) -> torch.Tensor:
+    """(N, r, c): values[query[n]] at rows[n] x cols[n]."""
+    height, width = values.shape[-2:]
+    flat = (query * height)[:, None, None] + rows[:, :, None]
+    return values.reshape(-1).take(flat * width + cols[:, None])
+
+
+def _widen(lo: torch.Tensor, hi: torch.Tensor,
+           slack: float = _BOUND_SLACK) -> tuple[torch.Tensor, torch.Tensor]:
+    margin = slack * torch.maximum(lo.abs(), hi.abs()) + 1e-30
+    return lo - margin, hi + margin
 
 
 def _make_grid(source_size: tuple[int, int], mid_size: tuple[int, int] | None,
@@ -293,18 +347,16 @@ def _make_grid(source_size: tuple[int, int], mid_size: tuple[int, int] | None,
 
 
 def _chunks_by_tile(tile: torch.Tensor, max_pairs: int) -> list[slice]:
-    """Slices of the (tile-sorted) pairs with about `max_pairs` each, never splitting a tile."""
+    """Slices of the tile-sorted pairs, about `max_pairs` each, that never split a tile."""
     if len(tile) == 0:
         return []
     starts = torch.ones_like(tile, dtype=torch.bool)
     starts[1:] = tile[1:] != tile[:-1]
-    ends = starts.nonzero().flatten()[1:].tolist() + [len(tile)]
-    chunks, begin = [], 0
-    for end, after in zip(ends, ends[1:] + [None], strict=True):
-        if after is None or after - begin > max_pairs:
-            chunks.append(slice(begin, end))
-            begin = end
-    return chunks
+    run_start = starts.nonzero().flatten()
+    first_of_chunk = torch.ones_like(run_start, dtype=torch.bool)
+    first_of_chunk[1:] = (run_start[1:] // max_pairs) != (run_start[:-1] // max_pairs)
+    bounds = run_start[first_of_chunk].tolist() + [len(tile)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 # ---------------------------------------------------------------------------- argmax and areas
@@ -321,12 +373,19 @@ class _Resolved:
     threshold_area: torch.Tensor | None  # (K,) pixels where the value >= mask_threshold
 
 
-def _resolve(grid: _Grid, source: torch.Tensor, scores: torch.Tensor | None,
-             mask_threshold: float | None, max_chunk_pixels: int) -> _Resolved:
+def _resolve(grid: _Grid, bounds: tuple[torch.Tensor, torch.Tensor],
+             mid_values: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+             scores: torch.Tensor | None, mask_threshold: float | None,
+             max_chunk_pixels: int) -> _Resolved:
     """Argmax over queries of every target pixel (the first query wins ties, as in
-    torch.argmax), settled per tile from bounds where possible, else evaluated exactly."""
-    num = source.shape[0]
-    lo, hi = grid.bounds(source, scores)
+    torch.argmax), and each query's count of pixels >= mask_threshold.
+
+    Tiles are settled from bounds over their source windows where possible; the remaining
+    (tile, query) pairs get their mid-window values, which give tighter bounds; only the
+    pairs still undecided are resampled to the target.
+    """
+    lo, hi = bounds  # (tiles, K)
+    num = lo.shape[1]
     pixels = grid.tile_pixels()
     best_lo, best = lo.max(1)
     if num > 1:
@@ -340,40 +399,83 @@ def _resolve(grid: _Grid, source: torch.Tensor, scores: torch.Tensor | None,
         full = lo >= mask_threshold
         evaluate |= ~full & (hi >= mask_threshold)
         threshold_area = ((full & ~evaluate) * pixels[:, None]).sum(0)
-    area = torch.zeros(num, dtype=torch.long, device=source.device)
-    area.index_add_(0, best[settled], pixels[settled])
-    mixed_tiles = (~settled).nonzero().flatten()
-    mixed_rank = torch.cumsum(~settled, 0) - 1
-    mixed_labels = source.new_empty((len(mixed_tiles), grid.rows.tile, grid.cols.tile),
-                                    dtype=torch.long)
+    winner = torch.where(settled, best, -1)
     tile, query = evaluate.nonzero().unbind(1)  # sorted by tile, then query
-    max_pairs = max(1, max_chunk_pixels // (grid.rows.tile * grid.cols.tile))
-    for part in _chunks_by_tile(tile, max_pairs):
+    mixed_tiles, mixed_labels = [], []
+    for part in _chunks_by_tile(tile, max(1, max_chunk_pixels // grid.pair_pixels)):
         t, q = tile[part], query[part]
-        vals = grid.values(source, scores, q, t)
+        mid = mid_values(q, t)
+        lo2, hi2 = _widen(mid.amin((1, 2)), mid.amax((1, 2)))
+        if scores is not None:
+            lo2, hi2 = _widen(lo2 * scores[q], hi2 * scores[q])
+        won, still_mixed = _settle_pairs(t, lo2, hi2, ~settled[t])
+        winner[t[won]] = q[won]
+        candidate = still_mixed & (hi2 >= _segment_max(t, lo2)[t])
+        wanted = candidate
         if threshold_area is not None:
-            hit = (vals >= mask_threshold) & grid.valid(t)
+            wanted = candidate | ((lo2 < mask_threshold) & (hi2 >= mask_threshold))
+            full_tile = (lo2 >= mask_threshold) & ~wanted
+            threshold_area.index_add_(0, q, full_tile * pixels[t])
+        t, q, candidate = t[wanted], q[wanted], candidate[wanted]
+        vals = grid.target_values(mid[wanted], scores, q, t)
+        if threshold_area is not None:
+            hit = vals >= mask_threshold
+            if grid.padded:
+                hit &= grid.valid(t)
             threshold_area.index_add_(0, q, hit.sum((1, 2)))
-        mixed = ~settled[t]
-        if mixed.any():
-            _argmax_by_tile(vals[mixed], q[mixed], mixed_rank[t[mixed]], num, mixed_labels)
+        if candidate.any():
+            tiles, labels = _argmax_by_tile(vals[candidate], q[candidate], t[candidate], num)
+            mixed_tiles.append(tiles)
+            mixed_labels.append(labels)
+    area = torch.zeros(num, dtype=torch.long, device=lo.device)
+    whole = winner >= 0
+    area.index_add_(0, winner[whole], pixels[whole])
+    shape = (0, grid.rows.tile, grid.cols.tile)
+    mixed_tiles = torch.cat(mixed_tiles) if mixed_tiles else tile.new_zeros(0)
+    mixed_labels = torch.cat(mixed_labels) if mixed_labels else tile.new_zeros(shape)
     if len(mixed_tiles):
-        area += torch.bincount(mixed_labels[grid.valid(mixed_tiles)], minlength=num)
-    return _Resolved(torch.where(settled, best, -1), mixed_tiles, mixed_labels, area,
-                     threshold_area)
+        labels = mixed_labels[grid.valid(mixed_tiles)] if grid.padded else mixed_labels.flatten()
+        area += torch.bincount(labels, minlength=num)
+    return _Resolved(winner, mixed_tiles, mixed_labels, area, threshold_area)
 
 
-def _argmax_by_tile(vals: torch.Tensor, query: torch.Tensor, rank: torch.Tensor, num: int,
-                    out: torch.Tensor) -> None:
-    """Write into `out[rank]` each pixel's winning query among the pairs of its tile."""
-    first = int(rank[0])
-    local = (rank - first)[:, None].expand(-1, vals[0].numel())
+def _segment_max(segment: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Max of `values` per segment id (ids index the result; absent ids get -inf)."""
+    size = int(segment.max()) + 1
+    return values.new_full((size,), -torch.inf).scatter_reduce(0, segment, values, "amax")
+
+
+def _settle_pairs(tile: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, active: torch.Tensor,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Among the active pairs, grouped by tile: the pairs whose bounds win their whole tile,
+    and the active pairs of the tiles still not settled."""
+    lo = torch.where(active, lo, -torch.inf)
+    hi = torch.where(active, hi, -torch.inf)
+    best_lo, top_hi = _segment_max(tile, lo)[tile], _segment_max(tile, hi)[tile]
+    order = torch.arange(len(tile), device=tile.device)
+    size = int(tile.max()) + 1
+    first_top = torch.full((size,), len(tile), device=tile.device).scatter_reduce(
+        0, tile, torch.where(hi == top_hi, order, len(tile)), "amin")[tile]
+    second_hi = _segment_max(tile, torch.where(order == first_top, -torch.inf, hi))[tile]
+    won = active & (order == first_top) & (lo == best_lo) & (best_lo > second_hi)
+    settled_tile = torch.zeros(size, dtype=torch.bool, device=tile.device)
+    settled_tile[tile[won]] = True
+    return won, active & ~settled_tile[tile]
+
+
+def _argmax_by_tile(vals: torch.Tensor, query: torch.Tensor, tile: torch.Tensor, num: int,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each pixel's winning query among the (tile-sorted) pairs of its tile: the tiles and
+    their (tiles, tile_h, tile_w) labels."""
+    starts = torch.ones_like(tile, dtype=torch.bool)
+    starts[1:] = tile[1:] != tile[:-1]
+    local = (torch.cumsum(starts, 0) - 1)[:, None].expand(-1, vals[0].numel())
     flat = vals.flatten(1)
-    size = (int(rank[-1]) - first + 1, flat.shape[1])
+    size = (int(starts.sum()), flat.shape[1])
     best = flat.new_full(size, -torch.inf).scatter_reduce(0, local, flat, "amax")
     candidate = torch.where(flat == best.gather(0, local), query[:, None], num)
-    winner = query.new_full(size, num).scatter_reduce(0, local, candidate, "amin")
-    out[first:first + size[0]] = winner.view(-1, *vals.shape[1:])
+    labels = query.new_full(size, num).scatter_reduce(0, local, candidate, "amin")
+    return tile[starts], labels.view(-1, *vals.shape[1:])
 
 
 def _render(grid: _Grid, resolved: _Resolved, lut: torch.Tensor) -> torch.Tensor:
@@ -415,7 +517,9 @@ def _merge(grid: _Grid, source: torch.Tensor, scores: torch.Tensor, labels: torc
            *, mask_threshold: float, overlap_mask_area_threshold: float,
            fuse_labels: Collection[int], max_chunk_pixels: int) -> SegmentationResult:
     """transformers' compute_segments, vectorized."""
-    resolved = _resolve(grid, source, scores, mask_threshold, max_chunk_pixels)
+    resolved = _resolve(grid, grid.bounds(source, scores, max_chunk_pixels),
+                        partial(grid.mid_values, source), scores, mask_threshold,
+                        max_chunk_pixels)
     valid = _valid_segments(resolved, overlap_mask_area_threshold)
     fuse = torch.isin(labels, torch.tensor(sorted(fuse_labels), dtype=labels.dtype,
                                            device=labels.device))
@@ -597,18 +701,18 @@ def _instance_by_mask_score(cls: torch.Tensor, masks: torch.Tensor, grid: _Grid,
     rows = _nearest_index(grid.rows.size, size[0], masks.device)
     cols = _nearest_index(grid.cols.size, size[1], masks.device)
     sampled = _sampled_pixels(grid, rows, cols)
-    _, hi = grid.bounds(source, None)
+    _, hi = grid.bounds(source, None, max_chunk_pixels)
     tile, query = (hi > 0).nonzero().unbind(1)
     positive = torch.zeros((len(tile), grid.rows.tile, grid.cols.tile), dtype=torch.bool,
                            device=masks.device)
     prob_sum = torch.zeros(len(scores), device=masks.device)
-    max_pairs = max(1, max_chunk_pixels // (grid.rows.tile * grid.cols.tile))
-    for start in range(0, len(tile), max_pairs):
-        t, q = tile[start:start + max_pairs], query[start:start + max_pairs]
-        logits = grid.values(source, None, q, t)
-        positive[start:start + max_pairs] = (logits > 0) & grid.valid(t)
-        prob_sum.index_add_(0, q, (logits.sigmoid() * positive[start:start + max_pairs]).sum((1, 2)))
-    count = torch.zeros(len(scores), device=masks.device).index_add_(0, query, positive.sum((1, 2)).float())
+    max_pairs = max(1, max_chunk_pixels // grid.pair_pixels)
+    for part in (slice(a, a + max_pairs) for a in range(0, len(tile), max_pairs)):
+        t, q = tile[part], query[part]
+        logits = grid.target_values(grid.mid_values(source, q, t), None, q, t)
+        positive[part] = (logits > 0) & grid.valid(t)
+        prob_sum.index_add_(0, q, (logits.sigmoid() * positive[part]).sum((1, 2)))
+    count = torch.zeros_like(prob_sum).index_add_(0, query, positive.sum((1, 2)).float())
     final = scores * (prob_sum / (count + 1e-6))
     seen = torch.zeros(len(scores), dtype=torch.bool, device=masks.device)
     seen[query[(positive & sampled[tile]).flatten(1).any(1)]] = True
@@ -655,17 +759,25 @@ def post_process_semantic(
     cls = class_queries_logits.float()
     masks = masks_queries_logits.float()
     native = fam.mid_size or tuple(masks.shape[-2:])
-    grids = _GridCache(fam, tile, masks.device, mid=False)
+    between = torch.sigmoid if fam.mid_size is not None else None
+    grids = _GridCache(fam, tile, masks.device, mid=True, between=between)
     class_probs = cls.softmax(-1)[..., :-1]
     results = []
     for i, size in enumerate(_sizes(target_sizes, len(cls), native)):
-        probs = masks[i]
+        logits = masks[i]
+        grid = grids(tuple(logits.shape[-2:]), size)
+        # Class scores are sums of query probabilities with weights >= 0, so the queries'
+        # bounds (cheap, from the logits) bound them; sums round, hence the wider slack.
+        query_lo, query_hi = grid.bounds(logits if between else logits.sigmoid(), None,
+                                         max_chunk_pixels)
+        bounds = _widen(query_lo @ class_probs[i], query_hi @ class_probs[i], slack=1e-4)
+        probs = logits
         if fam.mid_size is not None:
-            probs = F.interpolate(probs[None], size=fam.mid_size, mode="bilinear",
+            probs = F.interpolate(logits[None], size=fam.mid_size, mode="bilinear",
                                   align_corners=False)[0]
         per_class = torch.einsum("qc,qhw->chw", class_probs[i], probs.sigmoid())
-        grid = grids(tuple(per_class.shape[-2:]), size)
-        resolved = _resolve(grid, per_class, None, None, max_chunk_pixels)
+        resolved = _resolve(grid, bounds, partial(grid.mid_windows, per_class), None, None,
+                            max_chunk_pixels)
         present = resolved.area > 0
         lut = torch.where(present, torch.cumsum(present, 0), 0)
         classes = present.nonzero().flatten().tolist()

@@ -6,6 +6,7 @@ relative, '/'-separated and checked so that no key can name a place outside the 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -26,11 +27,21 @@ class UnsafeKeyError(ValueError):
     """A key that would escape its folder or is not a plain relative key."""
 
 
+# botocore's "standard" retries (500s, throttling, dropped connections, with jittered
+# backoff), unless the AWS environment picks a mode; `with_retries` adds a slower outer
+# loop for longer outages. Five attempts give up on an unreachable endpoint in seconds.
+S3_RETRIES: dict[str, Any] = {"mode": "standard", "total_max_attempts": 5}
+# Bounded, so that an endpoint that never answers fails in seconds, not minutes.
+S3_CONNECT_TIMEOUT_S = 10
+
+
 def storage_options_for(url: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """fsspec options for `url`: the standard environment, then explicit overrides.
 
     s3fs already reads AWS_ACCESS_KEY_ID, profiles and config files through botocore;
     the endpoint is read here as well so that older botocore releases honour it too.
+    Retries and the connect timeout are set here; `config_kwargs` in `overrides`
+    replaces them.
     """
     protocol, _ = split_protocol(url)
     options: dict[str, Any] = {}
@@ -44,12 +55,17 @@ def storage_options_for(url: str, overrides: dict[str, Any] | None = None) -> di
         profile = os.environ.get("AWS_PROFILE")
         if profile:
             options["profile"] = profile
+        config: dict[str, Any] = {"connect_timeout": S3_CONNECT_TIMEOUT_S}
+        if not (os.environ.get("AWS_RETRY_MODE") or os.environ.get("AWS_MAX_ATTEMPTS")):
+            config["retries"] = dict(S3_RETRIES)
+        options["config_kwargs"] = config
     if overrides:
         options.update(overrides)
     return options
 
 
-def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+def filesystem(url: str, storage_options: dict[str, Any] | None = None,
+               ) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem and protocol-less path for `url`."""
     protocol, _ = split_protocol(url)
     fs = fsspec.filesystem(protocol or "file", **storage_options_for(url, storage_options))
@@ -103,7 +119,8 @@ class Folder:
         return Folder(self.url_of(key), self.storage_options)
 
     def exists(self, key: str) -> bool:
-        return self.fs.exists(self.path(key))
+        fs = self.fs
+        return with_retries(lambda: fs.exists(self.path(key)), what=self.url_of(key))
 
     def write_bytes(self, key: str, data: bytes) -> None:
         """Write one whole object. Local writes go through a temp file and rename, so
@@ -134,33 +151,84 @@ class Folder:
         fs = self.fs
         base = self.path(prefix)
         try:
-            found = fs.find(base)
+            found = with_retries(lambda: fs.find(base), what=self.url_of(prefix))
         except FileNotFoundError:
             return []
         root_len = len(self.root) + 1
-        return sorted(p[root_len:] for p in found if not p.rsplit("/", 1)[-1].startswith(".") and ".tmp-" not in p)
+        return sorted(p[root_len:] for p in found
+                      if not p.rsplit("/", 1)[-1].startswith(".") and ".tmp-" not in p)
 
     def delete(self, key: str) -> None:
         fs = self.fs
         path = self.path(key)
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
+        if self.exists(key):
+            with_retries(lambda: fs.rm(path, recursive=True), what=self.url_of(key))
 
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OSError)
 
+# Error codes of throttling and server-side trouble, as S3 and botocore's retry rules name them.
+_TRANSIENT_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
+    "BandwidthLimitExceeded", "TooManyRequestsException", "RequestTimeout",
+    "RequestTimeoutException", "PriorRequestNotComplete", "InternalError", "ServiceUnavailable",
+})
+# What s3fs turns those codes into: OSError(EREMOTEIO) for 500s, OSError(EBUSY) for SlowDown
+# and 503s; and the socket errors of a dropped connection.
+_TRANSIENT_ERRNOS = frozenset({
+    getattr(errno, "EREMOTEIO", errno.EIO), errno.EBUSY, errno.ETIMEDOUT, errno.ECONNRESET,
+    errno.ECONNABORTED, errno.EPIPE, errno.EAGAIN,
+})
+_TRANSIENT_TEXT = re.compile(
+    r"SlowDown|Throttl|RequestTimeout|InternalError|ServiceUnavailable|reduce your request rate"
+    r"|\b(?:429|50[0234])\b|Connection|Timeout|reset by peer|ServerDisconnected"
+    r"|ClientPayloadError|IncompleteRead|ContentLengthError"  # a body cut short
+)
+# The endpoint could not be reached at all, after botocore's own retries: a wrong or down
+# endpoint, which more waiting will not fix; failing now names it in seconds.
+_UNREACHABLE = frozenset({"EndpointConnectionError", "ConnectTimeoutError"})
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and the exceptions it was raised from (s3fs keeps botocore's as the cause)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or (
+            None if current.__suppress_context__ else current.__context__)
+
+
+def _aws_code_and_status(exc: BaseException) -> tuple[str | None, int | None]:
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return None, None
+    code = (response.get("Error") or {}).get("Code")
+    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    return code, status if isinstance(status, int) else None
+
 
 def is_transient(exc: BaseException) -> bool:
-    """Errors worth retrying: network trouble and throttling, not missing objects."""
+    """Errors worth retrying: throttling, server errors and dropped connections; not
+    missing objects, refused access, or an endpoint that cannot be reached at all."""
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return False
-    text = f"{type(exc).__name__} {exc}"
-    markers = ("SlowDown", "Throttl", "RequestTimeout", "InternalError", "ServiceUnavailable",
-               "500", "502", "503", "504", "Connection", "Timeout", "reset by peer", "ServerDisconnected")
-    return isinstance(exc, (ConnectionError, TimeoutError)) or any(m in text for m in markers)
+    chain = list(_causes(exc))
+    if any(cls.__name__ in _UNREACHABLE for e in chain for cls in type(e).__mro__):
+        return False
+    for e in chain:
+        code, status = _aws_code_and_status(e)
+        if (isinstance(e, (ConnectionError, TimeoutError)) or code in _TRANSIENT_CODES
+                or (status is not None and (status >= 500 or status == 429))
+                or (isinstance(e, OSError) and e.errno in _TRANSIENT_ERRNOS)
+                or _TRANSIENT_TEXT.search(f"{type(e).__name__} {e}")):
+            return True
+    return False
 
 
-def with_retries(call: Callable[[], T], *, what: str, attempts: int = 6, base_delay: float = 0.2) -> T:
+def with_retries(call: Callable[[], T], *, what: str, attempts: int = 6,
+                 base_delay: float = 0.2) -> T:
     """Run `call`, retrying transient storage errors with exponential backoff."""
     for attempt in range(1, attempts + 1):
         try:

@@ -3,7 +3,7 @@
 A scene is a few horizontal bands of textured stuff (sky, ground, water) with a handful
 of flat-colored shapes on top that overlap and occlude each other. Everything is drawn
 from a generator seeded by (seed, index), so scene i of a seed is the same bytes
-whatever `count` is, and datasets for different seeds never share a scene.
+whatever `count` is, and another seed gives other scenes.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from segpipe.storage import Folder
 
@@ -46,16 +46,20 @@ _LAYOUTS = (
 
 # Each shape class has its own hue family, away from the blues and browns of the stuff,
 # so color and shape agree: hard enough to need a real model, learnable in minutes.
-_HUES = {"circle": 0.0, "square": 0.15, "triangle": 0.33, "star": 0.75, "ellipse": 0.88}
-HUE_JITTER = 0.05
+_HUES = {"circle": 0.02, "square": 0.15, "triangle": 0.32, "star": 0.76, "ellipse": 0.89}
+HUE_JITTER = 0.03
 
 MIN_SIDE, MAX_SIDE = 96, 192
-MIN_THINGS, MAX_THINGS = 2, 6
-RADIUS = (0.12, 0.26)  # a shape's size, as a share of the image's shorter side
+# Models see scenes squashed to a square; a moderate aspect ratio keeps a circle a circle.
+MAX_ASPECT = 1.33
+MIN_THINGS, MAX_THINGS = 2, 5
+RADIUS = (0.15, 0.3)  # a shape's size, as a share of the image's shorter side
 # A shape may hide at most this share of an earlier shape, and nothing may end up
 # smaller than MIN_VISIBLE pixels: heavier occlusion would make labels guesswork.
-MAX_OCCLUDED = 0.5
+# Shapes of different classes may overlap; shapes of one class keep apart.
+MAX_OCCLUDED = 0.4
 MIN_VISIBLE = 60
+SAME_CLASS_GAP = 2  # pixels between two shapes of one class
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,7 @@ class Scene:
 def make_scene(seed: int, index: int) -> Scene:
     """Render scene `index` of `seed`."""
     rng = np.random.default_rng([seed, index])
-    width, height = (int(v) for v in rng.integers(MIN_SIDE, MAX_SIDE + 1, size=2))
+    width, height = _image_size(rng)
     bands = _band_map(rng, _LAYOUTS[rng.integers(len(_LAYOUTS))], height, width)
     image = _stuff_texture(rng, bands, height, width)
     labels = [name for name, _ in bands]
@@ -84,6 +88,12 @@ def make_scene(seed: int, index: int) -> Scene:
     noise = rng.normal(0.0, 3.0, image.shape)
     image = np.clip(image + noise, 0, 255).astype(np.uint8)
     return _finish(image, id_map, labels)
+
+
+def _image_size(rng: np.random.Generator) -> tuple[int, int]:
+    width = int(rng.integers(MIN_SIDE, MAX_SIDE + 1))
+    aspect = np.exp(rng.uniform(-np.log(MAX_ASPECT), np.log(MAX_ASPECT)))
+    return width, int(np.clip(round(width * aspect), MIN_SIDE, MAX_SIDE))
 
 
 def _band_map(rng: np.random.Generator, layout: tuple[str, ...], height: int, width: int):
@@ -138,17 +148,19 @@ def _place_things(rng, id_map: np.ndarray, height: int, width: int):
     """Shapes that keep every earlier shape mostly visible; yields (name, mask, color)."""
     base_count = int(id_map.max())
     visible = id_map.copy()
+    names: dict[int, str] = {}
     wanted = int(rng.integers(MIN_THINGS, MAX_THINGS + 1))
-    placed = 0
     for _ in range(wanted * 8):
-        if placed == wanted:
+        if len(names) == wanted:
             break
         name = THING_NAMES[rng.integers(len(THING_NAMES))]
         mask = _shape_mask(rng, name, height, width)
-        if mask.sum() < MIN_VISIBLE * 2 or not _keeps_others(visible, mask, base_count):
+        if (mask.sum() < MIN_VISIBLE * 2 or not _keeps_others(visible, mask, base_count)
+                or _touches_same_class(visible, mask, name, names)):
             continue
-        placed += 1
-        visible[mask] = base_count + placed
+        segment = base_count + len(names) + 1
+        names[segment] = name
+        visible[mask] = segment
         yield name, mask, _thing_color(rng, name)
 
 
@@ -165,6 +177,20 @@ def _keeps_others(visible: np.ndarray, mask: np.ndarray, base_count: int) -> boo
         if hidden > MAX_OCCLUDED * area or area - hidden < MIN_VISIBLE:
             return False
     return True
+
+
+def _touches_same_class(visible: np.ndarray, mask: np.ndarray, name: str, names: dict) -> bool:
+    """True when `mask` would touch a shape of its own class. Two such shapes share a hue
+    family, so where they meet even a person could hardly tell one from the other."""
+    if name not in names.values():
+        return False
+    near = np.unique(visible[_dilate(mask, SAME_CLASS_GAP)])
+    return any(names.get(int(segment)) == name for segment in near)
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    grown = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * radius + 1))
+    return np.asarray(grown) > 0
 
 
 def _shape_mask(rng, name: str, height: int, width: int) -> np.ndarray:
