@@ -283,6 +283,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # Their debug logs print request headers, signatures included: never below INFO.
+    for noisy in ("botocore", "aiobotocore", "s3fs", "urllib3", "fsspec"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger(noisy).level))
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -88,6 +88,10 @@ def fetch_concurrently(
         try:
             return with_retries(lambda: read(ref), what=ref.uri)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an errors row
+            if is_transient(exc):
+                # Still failing after retries is an outage, not a bad image: fail the shard so
+                # the pool retries it later rather than committing an error row for good.
+                raise
             return read_failure(ref, exc)
 
     return ordered_map(read_one, refs, threads=threads)

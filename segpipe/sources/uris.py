@@ -44,7 +44,9 @@ def fetch_uris(refs: Sequence[ImageRef], storage_options: dict[str, Any], *,
     def read(ref: ImageRef) -> bytes:
         protocol, _ = split_protocol(ref.uri)
         if protocol not in filesystems:
-            options = None if protocol in LOCAL_PROTOCOLS else storage_options
+            # Object-store options (endpoint, credentials) mean nothing to a web server.
+            plain = protocol in LOCAL_PROTOCOLS or protocol in ("http", "https")
+            options = None if plain else storage_options
             filesystems[protocol] = filesystem(ref.uri, options)[0]
         # The filesystem's own path form: "bucket/key" on S3, the whole URL over HTTP.
         return filesystems[protocol].cat_file(strip_protocol(ref.uri))

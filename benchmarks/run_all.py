@@ -1,0 +1,118 @@
+"""`make bench`: run every CPU benchmark, then write the table in docs/benchmarks.md.
+
+    python -m benchmarks.run_all [--only NAME ...] [--render-only]
+
+Each benchmark writes benchmarks/results/<name>.json (an object with `name`, its measured
+figures and the `target` it is held to). The GPU benchmark (benchmarks/gpu.py) needs a CUDA
+machine and is run there by hand; its results file, when present, is rendered too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+DOC = Path(__file__).parent.parent / "docs" / "benchmarks.md"
+BENCHMARKS = {
+    "plan": ["-m", "benchmarks.plan"],
+    "postprocess": ["-m", "benchmarks.postprocess"],
+    "e2e": ["-m", "benchmarks.e2e"],
+}
+
+
+def load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def rows() -> list[str]:
+    out = []
+    if plan := load("plan"):
+        r = {x["keys"]: x for x in plan["results"]}
+        ratio = plan["ratio_peak_rss_1m_over_100k"]
+        out.append(f"| Plan 1M keys vs 100k: peak RSS ratio | {r[1000000]['peak_rss_mb']} MB vs "
+                   f"{r[100000]['peak_rss_mb']} MB; {r[1000000]['seconds']} s for 1M | "
+                   f"**{ratio}** | <= {plan['target']['max_ratio']} | {verdict(ratio <= plan['target']['max_ratio'])} |")
+    if pp := load("postprocess"):
+        for x in pp["results"]:
+            target = pp["target"]["speedup_min"] if x["task"] in pp["target"]["tasks"] else None
+            goal = f">= {target}" if target else "(reported)"
+            met = verdict(x["speedup"] >= target) if target else "-"
+            out.append(f"| Post-process {x['task']} {x['case']}, batch {x.get('batch', 8)}, CPU: "
+                       f"ours vs transformers | {x['ours_s']} s vs {x['transformers_s']} s | "
+                       f"**{x['speedup']}x** | {goal} | {met} |")
+    if tp := load("e2e_throughput"):
+        x = tp["results"][0]
+        out.append(f"| `segpipe annotate` S3->S3 vs transformers pipeline loop, {x['images']} "
+                   f"images, {x['model']} | {x['segpipe_images_per_s']} vs "
+                   f"{x['baseline_images_per_s']} images/s | **{x['ratio']}x** | >= "
+                   f"{tp['target']['ratio_min']} | {verdict(x['ratio'] >= tp['target']['ratio_min'])} |")
+    if of := load("e2e_outside_forward"):
+        x = of["results"][0]
+        lim = of["target"]["outside_forward_fraction_max"]
+        out.append(f"| Share of worker shard time outside the forward, batch {x['batch_size']} | "
+                   f"{x['worker_forward_s']} s forward of {x['worker_shard_wall_s']} s | "
+                   f"**{x['outside_forward_fraction']:.1%}** | <= {lim:.0%} | "
+                   f"{verdict(x['outside_forward_fraction'] <= lim)} |")
+    if mem := load("e2e_memory"):
+        small, large = mem["results"]
+        lim = mem["target"]["max_ratio"]
+        for key, label in (("driver_peak_rss_mb", "Driver"), ("worker_peak_rss_mb", "Worker")):
+            ratio = mem["ratio_large_over_small"][key]
+            out.append(f"| {label} peak RSS, {large['images']} vs {small['images']} images | "
+                       f"{large[key]} MB vs {small[key]} MB | **{ratio}** | <= {lim} | "
+                       f"{verdict(ratio <= lim)} |")
+    return out
+
+
+def gpu_section() -> list[str]:
+    gpu = load("gpu")
+    if not gpu:
+        return ["No GPU figures yet: run `python -m benchmarks.gpu` on a CUDA machine."]
+    lines = [f"Swin-B-sized Mask2Former ({gpu['params'] / 1e6:.0f} M parameters, random "
+             f"weights), bf16, on {gpu['device']} (torch {gpu['torch']}), 640x480 images:", "",
+             "| batch | forward images/s | preprocess + forward + post-process images/s | "
+             "share outside the forward |", "|---|---|---|---|"]
+    for x in gpu["results"]:
+        lines.append(f"| {x['batch_size']} | {x['forward_images_per_s']} | "
+                     f"{x['stage_images_per_s']} | {x['outside_forward_fraction']:.1%} |")
+    pp = gpu["postprocess"]
+    lines += ["", f"Panoptic post-processing, batch 8, on the GPU: ours {pp['ours_s']} s, "
+              f"transformers {pp['transformers_s']} s ({pp['speedup']}x)."]
+    return lines
+
+
+def render() -> None:
+    lines = ["# Benchmarks", "",
+             "Produced by `make bench` (`python -m benchmarks.run_all`) from "
+             "`benchmarks/results/*.json`; each figure was measured, on the machine named.", "",
+             "## CPU (2 cores, 24 GiB: the development and CI machine)", "",
+             "| what | measured | figure | target | |", "|---|---|---|---|---|", *rows(), "",
+             "## GPU", "", *gpu_section(), ""]
+    DOC.write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS))
+    parser.add_argument("--render-only", action="store_true")
+    args = parser.parse_args()
+    if not args.render_only:
+        for name in args.only or BENCHMARKS:
+            print(f"== {name}", flush=True)
+            subprocess.run([sys.executable, *BENCHMARKS[name]], check=True)
+    render()
+    print(f"wrote {DOC}")
+
+
+if __name__ == "__main__":
+    main()
