@@ -9,7 +9,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,6 +90,20 @@ def process_shard(
     lock = model_lock or nullcontext()
     stats = ShardStats()
     batch: list[DecodedImage] = []
+    # One writer thread encodes PNGs and RLE while the model works on the next batch; being
+    # a single thread, it keeps the rows in submission order, so retries write equal bytes.
+    encoding = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"write-{shard.shard_id}")
+    pending: deque[Future[None]] = deque()
+
+    def write(out: Prediction | ImageFailure) -> None:
+        if isinstance(out, Prediction):
+            pending.append(encoding.submit(writer.add_prediction, out))
+            stats.segments += len(out.segments)
+        else:
+            pending.append(encoding.submit(writer.add_failure, out))
+            stats.errors += 1
+        while len(pending) > 2 * batch_size:  # bounded: id maps wait in memory until encoded
+            pending.popleft().result()
 
     def flush() -> None:
         started = time.perf_counter()
@@ -95,26 +111,25 @@ def process_shard(
             outputs = segmenter(batch)
         stats.batch_seconds.append(time.perf_counter() - started)
         for out in outputs:
-            if isinstance(out, Prediction):
-                writer.add_prediction(out)
-                stats.segments += len(out.segments)
-            else:
-                writer.add_failure(out)
-                stats.errors += 1
+            write(out)
         batch.clear()
 
-    for item in prefetch_decoded(source, shard, read_threads=read_threads, max_pixels=max_pixels,
-                                 depth=2 * batch_size):
-        stats.images += 1
-        if isinstance(item, ImageFailure):
-            writer.add_failure(item)
-            stats.errors += 1
-            continue
-        batch.append(item)
-        if len(batch) == batch_size:
+    try:
+        for item in prefetch_decoded(source, shard, read_threads=read_threads,
+                                     max_pixels=max_pixels, depth=2 * batch_size):
+            stats.images += 1
+            if isinstance(item, ImageFailure):
+                write(item)
+                continue
+            batch.append(item)
+            if len(batch) == batch_size:
+                flush()
+        if batch:
             flush()
-    if batch:
-        flush()
+        while pending:
+            pending.popleft().result()
+    finally:
+        encoding.shutdown(wait=True, cancel_futures=True)
     marker = writer.commit()
     # Timings ride along in the returned marker only; the stored marker stays deterministic.
     marker["batch_seconds"] = stats.batch_seconds

@@ -493,7 +493,11 @@ def _render(grid: _Grid, resolved: _Resolved, lut: torch.Tensor) -> torch.Tensor
 
 def _valid_segments(resolved: _Resolved, overlap_mask_area_threshold: float) -> torch.Tensor:
     """transformers' check_segment_validity for every query at once."""
-    area, original = resolved.area, resolved.threshold_area
+    return _validity(resolved.area, resolved.threshold_area, overlap_mask_area_threshold)
+
+
+def _validity(area: torch.Tensor, original: torch.Tensor,
+              overlap_mask_area_threshold: float) -> torch.Tensor:
     ratio = area / original.clamp_min(1)
     # Compared in float64: transformers compares the float32 ratio's .item() to a Python float.
     return (area > 0) & (original > 0) & (ratio.double() > overlap_mask_area_threshold)
@@ -524,14 +528,47 @@ def _merge(grid: _Grid, source: torch.Tensor, scores: torch.Tensor, labels: torc
     fuse = torch.isin(labels, torch.tensor(sorted(fuse_labels), dtype=labels.dtype,
                                            device=labels.device))
     ids = _segment_ids(valid, labels, fuse)
-    id_map = _render(grid, resolved, ids)
+    return SegmentationResult(_render(grid, resolved, ids), _segment_list(ids, labels, scores, fuse))
+
+
+def _fits_dense(kept: int, size: tuple[int, int], fam: Family, max_chunk_pixels: int) -> bool:
+    """Small enough to resample every kept query whole: cheaper than tiling, same memory cap."""
+    mid = fam.mid_size or (0, 0)
+    return kept * max(size[0] * size[1], mid[0] * mid[1]) <= max_chunk_pixels
+
+
+def _merge_dense(source: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
+                 size: tuple[int, int], fam: Family, *, mask_threshold: float,
+                 overlap_mask_area_threshold: float,
+                 fuse_labels: Collection[int]) -> SegmentationResult:
+    """compute_segments with the whole (kept, H, W) stack at once, for small targets: the
+    same operations in the same order as transformers, vectorized over queries."""
+    values = source[None]
+    if fam.mid_size is not None:
+        values = F.interpolate(values, size=fam.mid_size, mode="bilinear",
+                               align_corners=False).sigmoid()
+    values = F.interpolate(values, size=size, mode="bilinear", align_corners=False,
+                           antialias=fam.antialias)[0]
+    values = values * scores[:, None, None]
+    winner = values.argmax(0)
+    area = torch.bincount(winner.flatten(), minlength=len(scores))
+    original = (values >= mask_threshold).flatten(1).sum(1)
+    valid = _validity(area, original, overlap_mask_area_threshold)
+    fuse = torch.isin(labels, torch.tensor(sorted(fuse_labels), dtype=labels.dtype,
+                                           device=labels.device))
+    ids = _segment_ids(valid, labels, fuse)
+    return SegmentationResult(ids.to(torch.int32)[winner], _segment_list(ids, labels, scores, fuse))
+
+
+def _segment_list(ids: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor,
+                  fuse: torch.Tensor) -> list[Segment]:
     segments, seen = [], set()
     for seg_id, label, score, fused in zip(ids.tolist(), labels.tolist(), scores.tolist(),
                                            fuse.tolist(), strict=True):
         if seg_id and seg_id not in seen:
             seen.add(seg_id)
             segments.append(Segment(seg_id, label, round(score, 6), fused))
-    return SegmentationResult(id_map, segments)
+    return segments
 
 
 # ------------------------------------------------------------------------------ public entry
@@ -613,6 +650,12 @@ def post_process_panoptic(
         source = masks[i, kept]
         if fam.mid_size is None:
             source = source.sigmoid()
+        if _fits_dense(len(kept), size, fam, max_chunk_pixels):
+            results.append(_merge_dense(
+                source, scores[i, kept], labels[i, kept], size, fam, mask_threshold=mask_threshold,
+                overlap_mask_area_threshold=overlap_mask_area_threshold,
+                fuse_labels=label_ids_to_fuse or ()))
+            continue
         results.append(_merge(
             grids(tuple(source.shape[-2:]), size), source, scores[i, kept], labels[i, kept],
             mask_threshold=mask_threshold, overlap_mask_area_threshold=overlap_mask_area_threshold,
