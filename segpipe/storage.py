@@ -186,7 +186,8 @@ _TRANSIENT_TEXT = re.compile(
 )
 # The endpoint could not be reached at all, after botocore's own retries: a wrong or down
 # endpoint, which more waiting will not fix; failing now names it in seconds.
-_UNREACHABLE = frozenset({"EndpointConnectionError", "ConnectTimeoutError"})
+_UNREACHABLE = frozenset({"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError",
+                          "ConnectionRefusedError"})
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
