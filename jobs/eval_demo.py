@@ -12,12 +12,16 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+# Spinning OpenMP threads crawl on a shared CPU; see train_demo.py.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from PIL import Image
 from transformers import Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor
 
@@ -62,7 +66,8 @@ def predict(model, processor, labels: list[dict], images: list[np.ndarray]) -> l
 def _segment_info(ids: np.ndarray, segment_id: int, category_id: int, score: float) -> dict:
     mask = ids == segment_id
     ys, xs = np.nonzero(mask)
-    bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+    x, y = int(xs.min()), int(ys.min())
+    bbox = [x, y, int(xs.max()) - x + 1, int(ys.max()) - y + 1]
     return {"id": segment_id, "category_id": category_id, "area": int(mask.sum()),
             "bbox": bbox, "iscrowd": 0, "score": score}
 

@@ -189,8 +189,8 @@ def _touches_same_class(visible: np.ndarray, mask: np.ndarray, name: str, names:
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    grown = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * radius + 1))
-    return np.asarray(grown) > 0
+    image = Image.fromarray(mask.astype(np.uint8) * 255)
+    return np.asarray(image.filter(ImageFilter.MaxFilter(2 * radius + 1))) > 0
 
 
 def _shape_mask(rng, name: str, height: int, width: int) -> np.ndarray:

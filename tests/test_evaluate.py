@@ -195,7 +195,8 @@ def test_things_and_stuff_average_separately_and_missing_images_are_fn(tmp_path:
     b_gt = [[1, 1, 2, 2]]
     result = run(
         tmp_path,
-        {"a.png": (a_gt, [seg(1, DISC), seg(2, LAWN)]), "b.png": (b_gt, [seg(1, BOX), seg(2, LAWN)])},
+        {"a.png": (a_gt, [seg(1, DISC), seg(2, LAWN)]),
+         "b.png": (b_gt, [seg(1, BOX), seg(2, LAWN)])},
         {"a.png": (a_pred, [seg(4, DISC), seg(3, LAWN)])},
     )
     assert scores(result, "Things") == pytest.approx((0.5, 0.5, 0.5, 2))
