@@ -47,7 +47,8 @@ def add_job_options(p: argparse.ArgumentParser, *, required: bool = True) -> Non
     g.add_argument("--label-map", default=S, help="JSON file of categories {id,name,isthing,color} "
                    "for models whose labels match no bundled set (COCO panoptic, ADE20K, Cityscapes)")
     g.add_argument("--threshold", type=float, default=S, help="minimum query score to keep a "
-                   "segment (default: 0.8 panoptic, 0.5 instance, as transformers)")
+                   "segment (default: 0.5, as transformers; the original Mask2Former papers "
+                   "evaluate panoptic at 0.8)")
     g.add_argument("--mask-threshold", type=float, default=S, help="mask probability threshold (0.5)")
     g.add_argument("--overlap-mask-area-threshold", type=float, default=S,
                    help="drop a segment keeping less than this share of its mask (0.8)")

@@ -620,7 +620,7 @@ def post_process_panoptic(
     masks_queries_logits: torch.Tensor,
     target_sizes: Sequence[tuple[int, int]] | None,
     *,
-    threshold: float = 0.8,
+    threshold: float = 0.5,
     mask_threshold: float = 0.5,
     overlap_mask_area_threshold: float = 0.8,
     label_ids_to_fuse: Collection[int] | None = None,
@@ -630,8 +630,8 @@ def post_process_panoptic(
 ) -> list[SegmentationResult]:
     """Panoptic segmentation, as ``post_process_panoptic_segmentation``.
 
-    Note: transformers' own default `threshold` is 0.5; 0.8 is the original models'
-    test setting. `target_sizes=None` keeps the processor's own output size.
+    `threshold` defaults to transformers' 0.5 (the original models were evaluated at 0.8).
+    `target_sizes=None` keeps the processor's own output size.
     """
     fam = _family(family)
     cls = class_queries_logits.float()

@@ -18,7 +18,8 @@ from segpipe.models import LoadedModel, load_model
 from segpipe.records import DecodedImage, ImageFailure, Prediction
 from segpipe.storage import redact
 
-DEFAULT_THRESHOLDS = {"panoptic": 0.8, "instance": 0.5, "semantic": 0.0}
+# transformers' own defaults for post_process_{panoptic,instance}_segmentation.
+DEFAULT_THRESHOLDS = {"panoptic": 0.5, "instance": 0.5, "semantic": 0.0}
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
