@@ -47,8 +47,12 @@ def init_ray(address: str | None) -> None:
     job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
     job_env = (job.get("runtime_env") or {}).get("env_vars") or {}
     env = {k: v for k, v in env.items() if k not in job_env}
+    # OpenMP threads that spin while idle starve the reading and writing threads that run
+    # beside torch on a CPU worker (several times slower on few cores); GPU work is unaffected.
+    if "OMP_WAIT_POLICY" not in os.environ and "OMP_WAIT_POLICY" not in job_env:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     ray.init(address=address or os.environ.get("RAY_ADDRESS") or None,
-             runtime_env={"env_vars": env} if env else None,
+             runtime_env={"env_vars": env},
              log_to_driver=True, logging_level=logging.WARNING, include_dashboard=None)
 
 
