@@ -8,8 +8,8 @@ import sys
 from collections.abc import Iterator
 from types import SimpleNamespace
 
-import pytest
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
