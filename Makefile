@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/segpipe demo --out demo-out
 
 test: $(STAMP)
+	$(PY) -m ruff check segpipe tests benchmarks jobs
 	$(PY) -m pytest -q -m "not slow"
 
 test-all: $(STAMP)
