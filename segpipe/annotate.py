@@ -25,6 +25,7 @@ from segpipe.plan import Plan, read_plan, write_plan
 from segpipe.progress import Progress
 from segpipe.segmenter import Segmenter
 from segpipe.sources import open_source
+from segpipe.status import list_runs
 from segpipe.storage import Folder
 from segpipe.writer import RunContext
 
@@ -58,11 +59,6 @@ def guard_destination(dst: Folder, config: JobConfig) -> None:
                 "Write to a new destination, or delete this one to start over.")
         return
     dst.write_json(layout.JOB, {"fingerprint": wanted, "fingerprint_hash": config.fingerprint_hash()})
-
-
-def list_runs(dst: Folder) -> list[str]:
-    keys = dst.list(f"{layout.META}/runs")
-    return sorted({k.split("/")[2] for k in keys if k.endswith("/run.json") and k.count("/") == 3})
 
 
 def run_complete(dst: Folder, run_id: str) -> bool:
@@ -99,7 +95,11 @@ def annotate(config: JobConfig) -> dict[str, Any]:
     guard_destination(dst, config)
     state = prepare_run(dst, config, source)
     run_id = state.run.run_id
-    done = {k.rsplit("/", 1)[1][: -len(".json")] for k in dst.list(f"{layout.run_dir(run_id)}/commits")}
+    # Markers of shards committed by earlier sessions of this run: read once, for the progress
+    # bar's start and the run summary.
+    earlier = {k.rsplit("/", 1)[1][: -len(".json")]: dst.read_json(k)
+               for k in dst.list(f"{layout.run_dir(run_id)}/commits")}
+    done = set(earlier)
     todo = [sid for sid in state.plan.shard_ids() if sid not in done]
     log.info("run %s: %d shards planned, %d committed, %d to do", run_id,
              state.plan.num_shards, len(done), len(todo))
@@ -117,7 +117,7 @@ def annotate(config: JobConfig) -> dict[str, Any]:
                       fault=_fault_shard())
     pool = ShardPool(spec, num_workers=num_workers, gpus_per_worker=config.gpus_per_worker,
                      cpus_per_worker=config.cpus_per_worker, max_attempts=config.max_attempts)
-    done_images = sum(dst.read_json(layout.commit(run_id, sid))["images"] for sid in done) if done else 0
+    done_images = sum(m["images"] for m in earlier.values())
     progress = Progress(total=state.plan.num_images, initial=done_images,
                         enabled=config.progress, stream=sys.stderr)
     with progress:
@@ -125,7 +125,7 @@ def annotate(config: JobConfig) -> dict[str, Any]:
     if config.incremental:
         write_superseded(dst, run_id, state.run.created_at)
     write_merged_panoptic(dst)
-    summary = _summarize(dst, config, state, result, started, progress)
+    summary = _summarize(config, state, earlier, result, started, progress)
     dst.write_json(layout.summary(run_id), summary)
     if result.failed:
         raise JobFailed(f"{len(result.failed)} shard(s) failed: "
@@ -144,10 +144,10 @@ def _fault_shard() -> str | None:
     return os.environ.get("SEGPIPE_FAULT_SHARD") or None
 
 
-def _summarize(dst: Folder, config: JobConfig, state: RunState, result: Any, started: float,
-               progress: Progress) -> dict[str, Any]:
+def _summarize(config: JobConfig, state: RunState, earlier: dict[str, dict[str, Any]],
+               result: Any, started: float, progress: Progress) -> dict[str, Any]:
     run_id = state.run.run_id
-    markers = [dst.read_json(k) for k in dst.list(f"{layout.run_dir(run_id)}/commits")]
+    markers = list({**earlier, **result.committed}.values())
     images = sum(m["images"] for m in markers)
     errors = sum(m["errors"] for m in markers)
     elapsed = time.time() - started

@@ -9,8 +9,14 @@ from segpipe.plan import read_plan
 from segpipe.storage import Folder
 
 
+def list_runs(dst: Folder) -> list[str]:
+    """Run ids recorded at `dst`, oldest first."""
+    keys = dst.list(f"{layout.META}/runs")
+    return sorted({k.split("/")[2] for k in keys if k.endswith("/run.json") and k.count("/") == 3})
+
+
 def job_status(dst: Folder) -> dict[str, Any]:
-    runs = sorted({k.split("/")[2] for k in dst.list(f"{layout.META}/runs") if k.endswith("/run.json")})
+    runs = list_runs(dst)
     out: dict[str, Any] = {"dst": dst.url, "runs": []}
     for run_id in runs:
         plan = read_plan(dst, run_id)

@@ -165,8 +165,6 @@ class Folder:
             with_retries(lambda: fs.rm(path, recursive=True), what=self.url_of(key))
 
 
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OSError)
-
 # Error codes of throttling and server-side trouble, as S3 and botocore's retry rules name them.
 _TRANSIENT_CODES = frozenset({
     "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
@@ -239,17 +237,6 @@ def with_retries(call: Callable[[], T], *, what: str, attempts: int = 6,
                 raise
             time.sleep(base_delay * 2 ** (attempt - 1))
     raise AssertionError("unreachable")
-
-
-def iter_chunks(items: Iterator[T], size: int) -> Iterator[list[T]]:
-    chunk: list[T] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 _CREDENTIAL_QUERY = re.compile(
