@@ -60,7 +60,7 @@ def rows() -> list[str]:
         x = of["results"][0]
         lim = of["target"]["outside_forward_fraction_max"]
         out.append(f"| Share of worker shard time outside the forward, batch {x['batch_size']} | "
-                   f"{x['worker_forward_s']} s forward of {x['worker_shard_wall_s']} s | "
+                   f"{x['worker_forward_s']} s forward of {x['worker_busy_s']} s | "
                    f"**{x['outside_forward_fraction']:.1%}** | <= {lim:.0%} | "
                    f"{verdict(x['outside_forward_fraction'] <= lim)} |")
     if mem := load("e2e_memory"):

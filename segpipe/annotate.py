@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -167,9 +169,26 @@ def _summarize(config: JobConfig, state: RunState, earlier: dict[str, dict[str, 
         "images_per_s": round(progress.processed / elapsed, 3) if elapsed > 0 else 0.0,
         "workers_replaced": result.workers_replaced,
         # What this session's workers measured: time in the model's forward against the
-        # shards' wall time, and peak memory of the driver and of the busiest worker.
+        # time they were busy with shards, and peak memory of the driver and of the busiest worker.
         "worker_forward_s": round(sum(m.get("forward_s", 0.0) for m in result.committed.values()), 3),
-        "worker_shard_wall_s": round(sum(m.get("wall_s", 0.0) for m in result.committed.values()), 3),
+        "worker_busy_s": round(busy_seconds(result.committed.values()), 3),
         "worker_peak_rss_mb": round(max((m.get("peak_rss_mb", 0.0) for m in result.committed.values()), default=0.0), 1),
         "driver_peak_rss_mb": round(peak_rss_mb(), 1),
     }
+
+
+def busy_seconds(markers: Iterable[dict[str, Any]]) -> float:
+    """Wall seconds the workers spent on shards: per worker, the union of its shards' spans
+    (a worker reads its next shard while it computes this one, so spans overlap)."""
+    spans: dict[Any, list[tuple[float, float]]] = defaultdict(list)
+    for marker in markers:
+        if "started_at" in marker:
+            spans[marker.get("pid")].append((marker["started_at"], marker["finished_at"]))
+    total = 0.0
+    for worker_spans in spans.values():
+        covered_to = float("-inf")
+        for start, end in sorted(worker_spans):
+            if end > covered_to:
+                total += end - max(start, covered_to)
+                covered_to = end
+    return total

@@ -152,9 +152,11 @@ def cluster_resources() -> tuple[float, float]:
 
 def cpu_threads_per_worker(num_workers: int) -> int | None:
     """On a cluster without GPUs, each worker's torch gets its share of the CPUs (Ray would
-    otherwise pin it to the one CPU it declares); with GPUs, torch's default is right."""
+    otherwise pin it to the one CPU it declares) less one core, which the worker's reading,
+    post-processing and writing threads need beside the forward; with GPUs, torch's default
+    is right."""
     cpus, gpus = cluster_resources()
-    return None if gpus > 0 else max(1, int(cpus // num_workers))
+    return None if gpus > 0 else max(1, int(cpus // num_workers) - 1)
 
 
 def default_num_workers(gpus_per_worker: float) -> int:

@@ -1,7 +1,8 @@
 """One shard, start to finish: read -> decode -> batch -> segment -> write -> commit.
 
 Knows nothing of Ray. Reading and decoding run on a background thread a bounded
-number of images ahead, so they overlap with the model's work on the current batch.
+number of images ahead, and post-processing and writing on another, so that both
+overlap with the model's forward on the current batch.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from typing import Any
 
 from segpipe.decode import decode_image
 from segpipe.records import DecodedImage, ImageFailure, Prediction, Shard
-from segpipe.segmenter import Segmenter
+from segpipe.segmenter import Forwarded, Segmenter
 from segpipe.sources import Source
-from segpipe.storage import Folder
+from segpipe.storage import Folder, ParallelWrites
 from segpipe.writer import RunContext, ShardWriter
 
 _DONE = object()
@@ -32,6 +33,7 @@ class ShardStats:
     errors: int = 0
     segments: int = 0
     batch_seconds: list[float] = field(default_factory=list)
+    forward_seconds: float = 0.0
 
 
 def prefetch_decoded(source: Source, shard: Shard, *, read_threads: int, max_pixels: int,
@@ -82,57 +84,69 @@ def process_shard(
     model_lock: AbstractContextManager[Any] | None = None,
 ) -> dict[str, Any]:
     """Process and commit one shard; returns its commit marker. Per-image failures
-    become error rows; only a failure of the shard as a whole raises."""
-    started_at = time.perf_counter()
-    forward_before = segmenter.forward_seconds
+    become error rows; only a failure of the shard as a whole raises.
+
+    Three stages overlap: a prefetch thread reads and decodes; this thread runs each
+    batch's preprocessing and forward; one finishing thread post-processes a batch and
+    encodes its outputs while the model works on the next (PNG uploads fan out from there).
+    The finishing thread being single keeps rows in submission order, so a retried shard
+    writes equal bytes.
+    """
+    started_at = time.time()
     loaded = segmenter.setup()
-    writer = ShardWriter(dst, run, shard, loaded.label_set, attempt=attempt)
     lock = model_lock or nullcontext()
     stats = ShardStats()
     batch: list[DecodedImage] = []
-    # One writer thread encodes PNGs and RLE while the model works on the next batch; being
-    # a single thread, it keeps the rows in submission order, so retries write equal bytes.
-    encoding = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"write-{shard.shard_id}")
     pending: deque[Future[None]] = deque()
 
-    def write(out: Prediction | ImageFailure) -> None:
-        if isinstance(out, Prediction):
-            pending.append(encoding.submit(writer.add_prediction, out))
-            stats.segments += len(out.segments)
-        else:
-            pending.append(encoding.submit(writer.add_failure, out))
-            stats.errors += 1
-        while len(pending) > 2 * batch_size:  # bounded: id maps wait in memory until encoded
-            pending.popleft().result()
+    with ParallelWrites(dst, read_threads) as writes, ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"finish-{shard.shard_id}") as finishing:
+        writer = ShardWriter(dst, run, shard, loaded.label_set, attempt=attempt, writes=writes)
 
-    def flush() -> None:
-        started = time.perf_counter()
-        with lock:
-            outputs = segmenter(batch)
-        stats.batch_seconds.append(time.perf_counter() - started)
-        for out in outputs:
-            write(out)
-        batch.clear()
+        def write(outputs: list[Prediction | ImageFailure]) -> None:
+            for out in outputs:
+                if isinstance(out, Prediction):
+                    writer.add_prediction(out)
+                    stats.segments += len(out.segments)
+                else:
+                    writer.add_failure(out)
+                    stats.errors += 1
 
-    try:
-        for item in prefetch_decoded(source, shard, read_threads=read_threads,
-                                     max_pixels=max_pixels, depth=2 * batch_size):
-            stats.images += 1
-            if isinstance(item, ImageFailure):
-                write(item)
-                continue
-            batch.append(item)
-            if len(batch) == batch_size:
+        def submit(fn: Any, *args: Any) -> None:
+            pending.append(finishing.submit(fn, *args))
+            while len(pending) > 2:  # bounded: a batch's logits wait in memory until finished
+                pending.popleft().result()
+
+        def flush() -> None:
+            started = time.perf_counter()
+            with lock:
+                forwarded = segmenter.forward(batch)
+            stats.batch_seconds.append(time.perf_counter() - started)
+            stats.forward_seconds += sum(f.forward_s for f in forwarded if isinstance(f, Forwarded))
+            submit(lambda f=forwarded: write(segmenter.finish(f)))
+            batch.clear()
+
+        try:
+            for item in prefetch_decoded(source, shard, read_threads=read_threads,
+                                         max_pixels=max_pixels, depth=2 * batch_size):
+                stats.images += 1
+                if isinstance(item, ImageFailure):
+                    submit(write, [item])
+                    continue
+                batch.append(item)
+                if len(batch) == batch_size:
+                    flush()
+            if batch:
                 flush()
-        if batch:
-            flush()
-        while pending:
-            pending.popleft().result()
-    finally:
-        encoding.shutdown(wait=True, cancel_futures=True)
-    marker = writer.commit()
+            while pending:
+                pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+        marker = writer.commit()
     # Timings ride along in the returned marker only; the stored marker stays deterministic.
     marker["batch_seconds"] = stats.batch_seconds
-    marker["forward_s"] = segmenter.forward_seconds - forward_before
-    marker["wall_s"] = time.perf_counter() - started_at
+    marker["forward_s"] = stats.forward_seconds
+    marker["started_at"] = started_at
+    marker["finished_at"] = time.time()
     return marker

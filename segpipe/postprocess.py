@@ -546,11 +546,13 @@ def _merge_dense(source: torch.Tensor, scores: torch.Tensor, labels: torch.Tenso
     values = source[None]
     if fam.mid_size is not None:
         values = F.interpolate(values, size=fam.mid_size, mode="bilinear",
-                               align_corners=False).sigmoid()
+                               align_corners=False).sigmoid_()
     values = F.interpolate(values, size=size, mode="bilinear", align_corners=False,
                            antialias=fam.antialias)[0]
-    values = values * scores[:, None, None]
-    winner = values.argmax(0)
+    values.mul_(scores[:, None, None])
+    # max(0) picks the first maximum as argmax(0) does, and is several times faster on the
+    # CPU, whose argmax over a leading dimension does not vectorize.
+    winner = values.max(0).indices
     area = torch.bincount(winner.flatten(), minlength=len(scores))
     original = (values >= mask_threshold).flatten(1).sum(1)
     valid = _validity(area, original, overlap_mask_area_threshold)

@@ -1,7 +1,9 @@
 """The model stage: a batch of decoded images in, compact predictions out.
 
 Resize, normalize, forward and post-processing all run batched on the model's
-device; only id maps and small segment lists come back to the CPU.
+device; only id maps and small segment lists come back to the CPU. `forward` and
+`finish` are separate steps so that a pipeline can post-process one batch while the
+next one is in the forward.
 """
 
 from __future__ import annotations
@@ -20,6 +22,20 @@ from segpipe.storage import redact
 
 # transformers' own defaults for post_process_{panoptic,instance}_segmentation.
 DEFAULT_THRESHOLDS = {"panoptic": 0.5, "instance": 0.5, "semantic": 0.0}
+
+
+@dataclass
+class Forwarded:
+    """A batch between the forward and the post-processing: its images and raw logits."""
+
+    images: list[DecodedImage]
+    class_logits: torch.Tensor  # (B, queries, classes + 1)
+    mask_logits: torch.Tensor  # (B, queries, h, w)
+    forward_s: float = 0.0  # time in the model's forward
+
+    def one(self, index: int) -> Forwarded:
+        return Forwarded([self.images[index]], self.class_logits[index:index + 1],
+                         self.mask_logits[index:index + 1])
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -42,7 +58,6 @@ class Segmenter:
     allow_pickle_weights: bool = False
     storage_options: dict[str, Any] = field(default_factory=dict)
     loaded: LoadedModel | None = field(default=None, repr=False)
-    forward_seconds: float = 0.0  # time inside the model's forward, for the benchmarks
 
     def setup(self) -> LoadedModel:
         if self.loaded is None:
@@ -59,40 +74,68 @@ class Segmenter:
         return state
 
     def __call__(self, images: Sequence[DecodedImage]) -> list[Prediction | ImageFailure]:
-        """Segment a batch; on device out-of-memory, split it and retry the halves."""
+        """Segment a batch: `finish(forward(images))`."""
+        return self.finish(self.forward(images))
+
+    def forward(self, images: Sequence[DecodedImage]) -> list[Forwarded | ImageFailure]:
+        """Preprocess and forward a batch, in order; on device out-of-memory, split it and
+        retry the halves. The post-processing is left to `finish`, so that a pipeline can
+        run it beside the next batch's forward."""
         if not images:
             return []
         try:
-            return self._run(images)
+            return [self._forward(images)]
         except Exception as exc:
             if not is_out_of_memory(exc):
                 if len(images) == 1:
                     return [_failure(images[0], exc)]
                 # One bad image must not fail its batch-mates: retry them one by one.
-                return [out for image in images for out in self([image])]
+                return [out for image in images for out in self.forward([image])]
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             if len(images) == 1:
                 return [_failure(images[0], exc)]
             half = len(images) // 2
-            return self(images[:half]) + self(images[half:])
+            return self.forward(images[:half]) + self.forward(images[half:])
+
+    def finish(self, forwarded: Sequence[Forwarded | ImageFailure]) -> list[Prediction | ImageFailure]:
+        """Post-process what `forward` returned: one result per image, in order."""
+        results: list[Prediction | ImageFailure] = []
+        for item in forwarded:
+            if isinstance(item, ImageFailure):
+                results.append(item)
+                continue
+            try:
+                results.extend(self._finish(item))
+            except Exception as exc:  # noqa: BLE001 - becomes the image's error row
+                if is_out_of_memory(exc) and torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                if len(item.images) == 1:
+                    results.append(_failure(item.images[0], exc))
+                else:  # one image's failure must not fail its batch-mates
+                    results.extend(self.finish([item.one(i) for i in range(len(item.images))]))
+        return results
 
     @torch.inference_mode()
-    def _run(self, images: Sequence[DecodedImage]) -> list[Prediction | ImageFailure]:
+    def _forward(self, images: Sequence[DecodedImage]) -> Forwarded:
         loaded = self.setup()
         inputs = self._preprocess(loaded, images)
         started = time.perf_counter()
         outputs = loaded.model(**inputs)
         if loaded.device.type == "cuda":
             torch.cuda.synchronize(loaded.device)
-        self.forward_seconds += time.perf_counter() - started
-        class_logits = outputs.class_queries_logits.float()
-        mask_logits = outputs.masks_queries_logits.float()
-        sizes = [(int(img.pixels.shape[0]), int(img.pixels.shape[1])) for img in images]
-        results = self._postprocess(loaded, class_logits, mask_logits, sizes)
+        return Forwarded(list(images), outputs.class_queries_logits, outputs.masks_queries_logits,
+                         forward_s=time.perf_counter() - started)
+
+    @torch.inference_mode()
+    def _finish(self, item: Forwarded) -> list[Prediction]:
+        loaded = self.setup()
+        sizes = [(int(img.pixels.shape[0]), int(img.pixels.shape[1])) for img in item.images]
+        results = self._postprocess(loaded, item.class_logits.float(), item.mask_logits.float(),
+                                    sizes)
         return [
             Prediction(image, result.id_map.to("cpu", torch.int32).numpy(), result.segments)
-            for image, result in zip(images, results, strict=True)
+            for image, result in zip(item.images, results, strict=True)
         ]
 
     def _preprocess(self, loaded: LoadedModel, images: Sequence[DecodedImage]) -> dict[str, Any]:

@@ -11,7 +11,9 @@ import json
 import os
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -163,6 +165,39 @@ class Folder:
         path = self.path(key)
         if self.exists(key):
             with_retries(lambda: fs.rm(path, recursive=True), what=self.url_of(key))
+
+
+class ParallelWrites:
+    """Whole-object writes into one folder on a few threads, a bounded number in flight.
+
+    An object store takes one round trip per object; writing one at a time would leave
+    the writer waiting on the network for each. Keys are independent, so order does not
+    matter; `wait()` returns once every write has landed and raises the first failure.
+    """
+
+    def __init__(self, folder: Folder, threads: int) -> None:
+        self.folder = folder
+        self._limit = 2 * max(1, threads)  # bounds the encoded bytes waiting in memory
+        self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="put")
+        self._pending: deque[Future[None]] = deque()
+
+    def put(self, key: str, data: bytes) -> None:
+        self._pending.append(self._pool.submit(self.folder.write_bytes, key, data))
+        while len(self._pending) > self._limit:
+            self._pending.popleft().result()
+
+    def wait(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> ParallelWrites:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # Error codes of throttling and server-side trouble, as S3 and botocore's retry rules name them.
