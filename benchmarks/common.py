@@ -10,8 +10,11 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 RESULTS_DIR = Path(__file__).parent / "results"
 
@@ -27,27 +30,50 @@ def emit(row: dict[str, Any]) -> None:
     print(json.dumps(row), flush=True)
 
 
+@dataclass
+class S3Endpoint:
+    url: str
+    process: psutil.Process  # the server, a process of its own: its CPU is counted apart
+
+    def cpu_seconds(self) -> float:
+        times = self.process.cpu_times()
+        return times.user + times.system
+
+
 @contextmanager
-def local_s3() -> Iterator[str]:
-    """A moto S3 server on 127.0.0.1; AWS_* point every client (and subprocess) at it."""
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-
+def local_s3() -> Iterator[S3Endpoint]:
+    """A moto S3 server on 127.0.0.1, in its own process, as a real endpoint would be (in
+    the benchmark's process it would take the GIL from the baseline it serves); AWS_* point
+    every client and subprocess at it."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench",
-                       "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_DEFAULT_REGION": "us-east-1"})
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
     try:
-        yield endpoint
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the moto server did not start on {url}") from None
+                time.sleep(0.2)
+        os.environ.update({"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "bench",
+                           "AWS_SECRET_ACCESS_KEY": "bench-secret",
+                           "AWS_DEFAULT_REGION": "us-east-1"})
+        yield S3Endpoint(url, psutil.Process(server.pid))
     finally:
-        server.stop()
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores of this machine have spent busy since boot."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
 def run_annotate(src: str, dst: str, *extra: str) -> tuple[float, dict[str, Any]]:
