@@ -4,6 +4,10 @@ The listing is streamed and each shard is written as soon as it is full, so the
 driver holds one shard at a time whatever the size of the source. `plan.json`,
 written last, says the plan is complete; an interrupted plan is simply redone,
 and being deterministic it rewrites the same bytes.
+
+The plan lives under DST, which must never hold a credential: sources list a signed URI
+redacted, with a locator to re-read it when fetching (see `sources.located`), and the
+planner refuses any ref that would still store one.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from segpipe import layout
 from segpipe.identity import shard_id
 from segpipe.records import ImageRef, Shard
 from segpipe.sources import EmptySourceError, Source
-from segpipe.storage import Folder, redact
+from segpipe.storage import Folder, redact, redact_uri, strip_credentials
 
 __all__ = ["EmptySourceError", "Plan", "load_shard", "read_plan", "write_plan"]
 
@@ -56,6 +60,7 @@ def write_plan(source: Source, dst: Folder, run_id: str, shard_size: int,
         seen_any = True
         if skip is not None and skip(ref):
             continue
+        _check_storable(ref, source)
         batch.append(ref)
         num_images += 1
         if len(batch) == shard_size:
@@ -69,6 +74,15 @@ def write_plan(source: Source, dst: Folder, run_id: str, shard_size: int,
     dst.write_json(layout.plan_done(run_id),
                    {"run_id": run_id, "num_shards": plan.num_shards, "num_images": num_images})
     return plan
+
+
+def _check_storable(ref: ImageRef, source: Source) -> None:
+    if any(text is not None and strip_credentials(text) != text for text in (ref.uri, ref.locator)):
+        raise ValueError(
+            f"refusing to plan {redact_uri(ref.display)}: its name holds what looks like a "
+            "credential (a signed query string, or user:password), which must not be stored "
+            f"under DST, and a {type(source).__name__} source cannot re-read it when fetching; "
+            "manifests and URI tables may list signed URLs")
 
 
 def read_plan(dst: Folder, run_id: str) -> Plan | None:

@@ -17,6 +17,9 @@ class ImageRef:
     member: str | None = None  # tar member key, or Parquet row, inside `uri`
     version: str | None = None  # content identity from the listing (ETag, size+mtime)
     fields: dict[str, Any] | None = None  # extra source columns carried to the images table
+    # Set when `uri` is the redacted form of a signed URI: where the source lists the real
+    # one (see `sources.located`), since the plan under DST must never hold credentials.
+    locator: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.image_id, "uri": self.uri}
@@ -26,11 +29,14 @@ class ImageRef:
             out["version"] = self.version
         if self.fields:
             out["fields"] = self.fields
+        if self.locator is not None:
+            out["at"] = self.locator
         return out
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> ImageRef:
-        return cls(obj["id"], obj["uri"], obj.get("member"), obj.get("version"), obj.get("fields"))
+        return cls(obj["id"], obj["uri"], obj.get("member"), obj.get("version"), obj.get("fields"),
+                   obj.get("at"))
 
     @property
     def display(self) -> str:

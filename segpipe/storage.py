@@ -290,7 +290,15 @@ def redact(text: str) -> str:
     return text
 
 
-def redact_uri(uri: str) -> str:
-    """A URI fit to store: no query string credentials, no user:password."""
+def strip_credentials(uri: str) -> str:
+    """`uri` without what makes it a credential by its shape: signed query values and
+    user:password. Unlike `redact_uri` it does not depend on this process's environment,
+    so a driver and its workers (whose credentials may differ) agree on it."""
     uri = re.sub(r"(?<=://)[^/@\s]+@", "", uri)
-    return redact(uri)
+    return _CREDENTIAL_QUERY.sub(r"\1<redacted>", uri)
+
+
+def redact_uri(uri: str) -> str:
+    """A URI fit to store or show: no query string credentials, no user:password, and no
+    credential of this process's environment."""
+    return redact(strip_credentials(uri))

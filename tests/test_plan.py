@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import pyarrow as pa
 import pytest
 
 from segpipe import layout
 from segpipe.identity import image_id, shard_id
 from segpipe.plan import EmptySourceError, Plan, load_shard, read_plan, write_plan
 from segpipe.records import ImageRef
-from segpipe.sources import ImageFiles
-from segpipe.storage import Folder
+from segpipe.sources import ImageFiles, open_source
+from segpipe.storage import Folder, redact_uri
 from tests.conftest import write_images
+from tests.test_sources import Store, parquet_bytes, png, secrets_of, signed_url
 
 
 def plan_files(dst: Folder) -> dict[str, bytes]:
@@ -111,3 +114,61 @@ def test_empty_source_names_the_url(where, tmp_path, request):
 def test_shard_size_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="shard_size"):
         write_plan(ImageFiles(str(tmp_path)), Folder(str(tmp_path / "dst")), "00001", shard_size=0)
+
+
+@pytest.mark.parametrize("kind", ["manifest", "parquet"])
+def test_a_plan_of_signed_urls_holds_no_credential_yet_fetches_every_image(kind, bucket,
+                                                                          s3_endpoint, tmp_path):
+    store = Store(f"s3://{bucket}")
+    for i in range(5):
+        store.put(f"imgs/{i}.png", png(i))
+    uris = [*(signed_url(s3_endpoint, bucket, f"imgs/{i}.png", v4=i % 2 == 0) for i in range(4)),
+            store.url("imgs/4.png")]
+    if kind == "manifest":
+        url = store.put("lists/signed.txt", "\n".join(uris).encode())
+    else:
+        url = store.put("lists/signed.parquet",
+                        parquet_bytes(pa.table({"uri": uris}), row_group_size=2))
+    dst = Folder(f"s3://{bucket}/out")
+
+    plan = write_plan(open_source(url), dst, "00001", shard_size=2)
+
+    files = plan_files(dst)
+    assert plan.num_images == 5 and len(files) == 4  # three shards, then plan.json
+    text = "\n".join(data.decode() for data in files.values())
+    assert not sorted(s for s in secrets_of(*uris) if s in text)
+    assert text.count("Signature=<redacted>") == 4
+    shards = [load_shard(dst, "00001", sid) for sid in plan.shard_ids()]
+    refs = [ref for shard in shards for ref in shard.images]
+    assert all(ref.locator and ref.uri == redact_uri(uri)
+               for ref, uri in zip(refs[:4], uris[:4], strict=True))
+    assert refs[4].to_json() == {"id": image_id(uris[4]), "uri": uris[4]}  # as it always was
+    # Each shard fetched on its own by a source that went through pickling, as on a worker.
+    worker = pickle.loads(pickle.dumps(open_source(url)))
+    assert [data for shard in shards for _, data in worker.fetch(shard.images)] == [
+        png(i) for i in range(5)]
+
+    again = Folder(str(tmp_path / "again"))
+    write_plan(open_source(url), again, "00001", shard_size=2)
+    assert plan_files(again) == files
+
+
+def test_plan_refuses_a_credential_its_source_cannot_re_read(tmp_path):
+    [image] = write_images(tmp_path / "src", 1)
+    image.rename(tmp_path / "src" / "x&sig=abc.png")
+    dst = Folder(str(tmp_path / "dst"))
+    with pytest.raises(ValueError, match=r"refusing to plan .*/x&sig=<redacted>: .* ImageFiles"):
+        write_plan(ImageFiles(str(tmp_path / "src")), dst, "00001", shard_size=4)
+    assert not dst.fs.exists(dst.root)
+
+
+def test_a_path_that_happens_to_hold_the_access_key_id_plans_as_is(tmp_path, monkeypatch):
+    """What is redacted from logs because it equals this process's key id is not a credential
+    by its shape: the plan (whose URIs workers with other credentials must agree on) keeps it."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "bench")
+    write_images(tmp_path / "bench" / "images", 2)
+    dst = Folder(str(tmp_path / "dst"))
+    plan = write_plan(ImageFiles(str(tmp_path / "bench" / "images")), dst, "00001", shard_size=4)
+    [shard] = [load_shard(dst, "00001", sid) for sid in plan.shard_ids()]
+    assert all("/bench/images/" in ref.uri and ref.locator is None for ref in shard.images)
+    assert "<redacted>" in redact_uri(shard.images[0].uri)  # still hidden wherever it is shown

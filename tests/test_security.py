@@ -284,14 +284,13 @@ def test_credentials_and_signatures_never_reach_logs_or_outputs(tiny_model, s3_e
     # ... and the job's output, Ray's logs and DST hold no credential.
     assert len(logs) > 3 and "worker" in " ".join(logs)
     places = {"the job's output": output, **logs, **objects}
-    leaks = {(what, where) for where, text in places.items()
-             for what, needle in needles.items() if needle in text}
-    plan = re.compile(r"out/_segpipe/runs/\d{5}/plan/")
-    assert not sorted(f"{what} in {where}" for what, where in leaks if not plan.match(where))
-    if leaks:
-        # Known gap, left to fix in planning: a run's plan keeps each source URI as given,
-        # because workers read the images (and a resumed run re-reads them) from it.
-        pytest.xfail("the plan under DST holds signed source URLs verbatim")
+    # The plan is among them: it keeps signed URIs redacted, with where the manifest lists them.
+    plan = re.compile(r"out/_segpipe/runs/\d{5}/plan/\d{5}-\d{6}\.json")
+    assert any(plan.fullmatch(where) and "Signature=<redacted>" in text
+               for where, text in objects.items())
+    leaks = sorted(f"{what} in {where}" for where, text in places.items()
+                   for what, needle in needles.items() if needle in text)
+    assert not leaks
 
 
 # --- models --------------------------------------------------------------------------------------

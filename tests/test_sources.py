@@ -4,13 +4,18 @@ what happens to bad input."""
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 import tarfile
 from dataclasses import dataclass
+from urllib.parse import unquote
 
+import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from botocore.config import Config
 from PIL import Image
 
 from segpipe.decode import decode_image
@@ -28,7 +33,7 @@ from segpipe.sources import (
 )
 from segpipe.sources.base import UNREADABLE
 from segpipe.sources.listing import expand_braces, list_files
-from segpipe.storage import filesystem
+from segpipe.storage import filesystem, redact_uri
 
 
 def png(seed: int, size: int = 8) -> bytes:
@@ -414,3 +419,158 @@ def test_other_filesystems_walk_in_the_same_key_order(tmp_path):
     in_memory = [e.uri.split(tmp_path.name, 1)[1] for e in list_files(memory.root)]
     on_disk = [e.uri.split(tmp_path.name, 1)[1] for e in list_files(local.root)]
     assert in_memory == on_disk == ["/a-b.png", "/a.png", "/a/b.png", "/b/c/d.png"]
+
+
+# --- signed URIs ---------------------------------------------------------------------------
+
+def signed_url(endpoint: str, bucket: str, key: str, *, v4: bool = True,
+               expires: int = 3600) -> str:
+    """A presigned GET URL from the test S3 endpoint: SigV4, or the older `Signature=` form."""
+    config = Config(signature_version="s3v4") if v4 else None
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", config=config)
+    return client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
+                                         ExpiresIn=expires)
+
+
+def secrets_of(*uris: str) -> set[str]:
+    """The credential values in signed URLs, as written and percent-decoded."""
+    found = set(re.findall(r"(?:Signature|X-Amz-Signature|X-Amz-Credential|AWSAccessKeyId)=([^&]+)",
+                           "\n".join(uris)))
+    assert found, "no signed URL among these"
+    return found | {unquote(value) for value in found}
+
+
+def test_signed_manifest_urls_are_listed_redacted_and_fetched(bucket: str, s3_endpoint: str):
+    store = Store(f"s3://{bucket}")
+    for i in range(3):
+        store.put(f"imgs/{i}.png", png(i))
+    v4, v2 = signed_url(s3_endpoint, bucket, "imgs/0.png"), signed_url(s3_endpoint, bucket,
+                                                                       "imgs/1.png", v4=False)
+    again = signed_url(s3_endpoint, bucket, "imgs/0.png", expires=60)  # the same image, re-signed
+    assert again != v4
+    text = f"\ufeff{v4}\r\n# {v2}\r\n{v2}\n\nimgs/2.png\n{again}"
+    source = open_source(store.put("list.txt", text.encode()))
+    refs = list(source.list_images())
+
+    assert [r.uri for r in refs] == [redact_uri(v4), redact_uri(v2), store.url("imgs/2.png")]
+    assert [r.image_id for r in refs] == [image_id(r.uri) for r in refs]
+    assert all("<redacted>" in r.uri and r.locator for r in refs[:2])
+    assert refs[2].locator is None and refs[2].to_json() == {"id": refs[2].image_id,
+                                                             "uri": store.url("imgs/2.png")}
+    planned = json.dumps([r.to_json() for r in refs])
+    assert not {s for s in secrets_of(v4, v2, again) if s in planned}
+    assert fetched(source, refs) == [png(0), png(1), png(2)]
+    assert fetched(source, [refs[1]]) == [png(1)]  # a ref alone, as a shard may hold it
+
+
+def test_signed_csv_urls_are_found_again_in_multi_line_records(bucket: str, s3_endpoint: str):
+    store = Store(f"s3://{bucket}")
+    store.put("imgs/a.png", png(1))
+    store.put("imgs/b.png", png(2))
+    a, b = (signed_url(s3_endpoint, bucket, f"imgs/{k}.png") for k in "ab")
+    text = ('note,url,url\n'
+            f'"two\nlines, and a comma",ignored,{a}\r\n'
+            f'plain,ignored,"{b}"\n')
+    source = open_source(store.put("list.csv", text.encode()))
+    refs = list(source.list_images())
+    # A repeated column name reads as its last column, as before.
+    assert [(r.uri, r.fields) for r in refs] == [
+        (redact_uri(a), {"note": "two\nlines, and a comma"}), (redact_uri(b), {"note": "plain"})]
+    assert fetched(source, refs) == [png(1), png(2)]
+
+
+def test_manifest_spans_hold_across_line_ends_and_far_apart_records(tmp_path):
+    """Local files named like signed URLs; \\r, \\r\\n and \\n line ends, one of them split
+    across two of the reader's chunks; records too far apart to be re-read with one read."""
+    names = [f"{c}.png?X-Amz-Signature={c * 16}" for c in "abcd"]
+    for i, name in enumerate(names):
+        (tmp_path / name).write_bytes(png(i))
+    head = f"{names[0]}\r{names[1]}\r\n"
+    pad = "#" * (2**20 - len(head) - 1)  # its \r is the chunk's last byte, its \n the next's
+    text = f"{head}{pad}\r\n{'#' * 2**20}\n{names[2]}\n{names[3]}"
+    (tmp_path / "m.lst").write_text(text)
+    source = open_source(str(tmp_path / "m.lst"))
+    refs = list(source.list_images())
+    assert [r.uri for r in refs] == [redact_uri(str(tmp_path / n)) for n in names]
+    assert all(r.locator and "X-Amz-Signature=<redacted>" in r.uri for r in refs)
+    assert fetched(source, refs) == [png(i) for i in range(4)]
+    assert fetched(source, refs[::-1]) == [png(i) for i in range(4)][::-1]
+
+
+def test_manifest_edited_after_planning_fails_only_the_edited_image(bucket: str, s3_endpoint: str):
+    store = Store(f"s3://{bucket}")
+    for i in range(4):
+        store.put(f"imgs/{i}.png", png(i))
+    urls = [signed_url(s3_endpoint, bucket, f"imgs/{i}.png") for i in range(3)]
+    store.put("list.txt", "\n".join([*urls, "imgs/3.png"]).encode())
+    source = open_source(store.url("list.txt"))
+    refs = list(source.list_images())
+
+    # Edited in place: line 1 now names another image, line 2 the same one signed anew.
+    edited = [urls[0], signed_url(s3_endpoint, bucket, "imgs/3.png"),
+              signed_url(s3_endpoint, bucket, "imgs/2.png", expires=1800), "imgs/3.png"]
+    assert [len(u) for u in edited[:3]] == [len(u) for u in urls]  # same spans, other bytes
+    assert edited[2] != urls[2]
+    store.put("list.txt", "\n".join(edited).encode())
+    values = fetched(source, refs)
+    assert values[0] == png(0) and values[2:] == [png(2), png(3)]
+    failure = values[1]
+    assert isinstance(failure, ImageFailure) and failure.stage == "read"
+    assert failure.error_type == "SourceChangedError"
+    # (`redact` takes the ":" after a URI's last redacted value along with it.)
+    assert failure.message.startswith(redact_uri(urls[1]))
+    assert (f"the manifest {store.url('list.txt')} changed since this run was planned: the "
+            f"record at bytes={len(urls[0]) + 1}+{len(urls[1]) + 1} no longer lists this image "
+            f"but {redact_uri(edited[1])}") in failure.message
+    assert not {s for s in secrets_of(*urls, *edited) if s in failure.message}
+
+    # Cut short: the records past its end list nothing any more.
+    store.put("list.txt", f"{urls[0]}\n".encode())
+    values = fetched(source, refs)
+    assert values[0] == png(0) and values[3] == png(3)
+    starts = [len(urls[0]) + 1, len(urls[0]) + len(urls[1]) + 2]
+    assert [v.message.rsplit(": ", 1)[-1] for v in values[1:3]] == [  # type: ignore[union-attr]
+        f"the record at bytes={start}+{len(u) + 1} no longer lists this image"
+        for start, u in zip(starts, urls[1:3], strict=True)]
+
+    # Gone altogether: each signed image fails naming the manifest; the plain one still reads.
+    filesystem(store.url("list.txt"))[0].rm_file(f"{bucket}/list.txt")
+    values = fetched(source, refs)
+    assert values[3] == png(3)
+    for ref, value in zip(refs[:3], values[:3], strict=True):
+        assert isinstance(value, ImageFailure) and value.stage == "read"
+        assert f"the manifest {store.url('list.txt')} could not be re-read" in value.message
+        assert value.message.startswith(ref.uri)
+
+
+def test_signed_urls_in_a_parquet_table_are_found_again_by_row(bucket: str, s3_endpoint: str):
+    store = Store(f"s3://{bucket}")
+    for i in range(5):
+        store.put(f"imgs/{i}.png", png(i))
+    urls = [signed_url(s3_endpoint, bucket, f"imgs/{i}.png", v4=i % 2 == 0) for i in range(4)]
+    column = [urls[0], None, urls[1], "../imgs/4.png", urls[2], "  ", urls[3]]
+
+    def table(uris: list[str | None]) -> bytes:
+        return parquet_bytes(pa.table({"url": uris, "n": list(range(len(uris)))}),
+                             row_group_size=3)
+
+    url = store.put("t/uris.parquet", table(column))
+    source = open_source(url, source_format="manifest")
+    refs = list(source.list_images())
+    assert [r.uri for r in refs] == [redact_uri(u) for u in urls[:2]] + [
+        store.url("imgs/4.png"), *(redact_uri(u) for u in urls[2:])]
+    assert [r.fields for r in refs] == [{"n": n} for n in (0, 2, 3, 4, 6)]
+    assert [r.locator for r in refs] == [f"{url}#row={n}" if n != 3 else None
+                                         for n in (0, 2, 3, 4, 6)]
+    expected = [png(0), png(1), png(4), png(2), png(3)]
+    assert fetched(source, refs) == expected
+    assert fetched(source, refs[::-2]) == expected[::-2]  # rows of three row groups, reversed
+
+    column[4] = signed_url(s3_endpoint, bucket, "imgs/0.png")  # row 4 now names another image
+    store.put("t/uris.parquet", table(column))
+    values = fetched(source, refs)
+    assert values[:3] + values[4:] == [png(0), png(1), png(4), png(3)]
+    assert isinstance(values[3], ImageFailure) and values[3].error_type == "SourceChangedError"
+    assert values[3].message.startswith(refs[3].uri)
+    assert values[3].message.endswith(f"the URI table {url} changed since this run was planned: "
+                                      f"row 4 no longer lists this image but {redact_uri(column[4])}")

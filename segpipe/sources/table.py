@@ -9,7 +9,8 @@ A table holds either image bytes or image URIs:
   `id_column` when given (it must be unique and non-null within a file).
 - URIs: `uri_column`, else the first of URI_COLUMNS that is a string. Each image is
   identified by its own URI (relative ones resolve against the table's folder), and an
-  image named twice is planned once.
+  image named twice is planned once. A signed URI is planned redacted, located by its
+  table file and row (see `located`).
 
 Other scalar columns (numbers, booleans, dates, strings up to MAX_FIELD_CHARS) are
 carried as the ref's fields. Files are read by row batches, never whole.
@@ -21,8 +22,9 @@ import datetime as dt
 import decimal
 import math
 from bisect import bisect_right
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import accumulate, groupby
 from typing import Any, TypeVar
 
@@ -43,8 +45,9 @@ from segpipe.sources.base import (
 )
 from segpipe.sources.files import version_of
 from segpipe.sources.listing import FileEntry, container_files
+from segpipe.sources.located import checked, uri_ref
 from segpipe.sources.uris import fetch_uris, resolve_uri
-from segpipe.storage import filesystem, redact, redact_uri, with_retries
+from segpipe.storage import filesystem, is_transient, redact, with_retries
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 IMAGE_COLUMNS = ("image", "image_bytes", "bytes", "content", "img", "jpg", "jpeg", "png")
@@ -208,7 +211,8 @@ class ParquetTable:
                                     f"{len(repeated)} value(s); ids must be unique per file")
 
     def _list_uris(self, entry: FileEntry) -> Iterator[ImageRef]:
-        """One ref per row of a table of image URIs, identified by the URI."""
+        """One ref per row of a table of image URIs, identified by the URI; a signed URI is
+        planned redacted and located by its row (see `located`)."""
         fs, path = filesystem(entry.uri, self.storage_options)
         folder = entry.uri.rsplit("/", 1)[0]
         with fs.open(path, "rb", block_size=BLOCK_SIZE) as f:
@@ -216,12 +220,14 @@ class ParquetTable:
             schema = pf.schema_arrow
             column = self._require(self._find_uri_column(schema), "URI", entry.uri, schema)
             columns = [f.name for f in schema if _is_field_type(f.type)]
+            row = 0
             for batch in pf.iter_batches(batch_size=LIST_BATCH_ROWS, columns=columns):
                 for fields in _batch_fields(batch, columns):
                     text = fields.pop(column, None)
                     if text and text.strip():
                         uri = resolve_uri(folder, text.strip())
-                        yield ImageRef(image_id(redact_uri(uri)), uri, fields=fields or None)
+                        yield uri_ref(uri, fields, partial(_row_locator, entry.uri, row))
+                    row += 1
 
     def fetch(self, refs: Sequence[ImageRef], *, threads: int = 8) -> Fetched:
         # URI rows are read from their own URIs; byte rows from their table file, one
@@ -229,10 +235,56 @@ class ParquetTable:
         for table, group in groupby(refs, key=lambda ref: None if ref.member is None else ref.uri):
             batch = list(group)
             if table is None:
-                yield from fetch_uris(batch, self.storage_options, threads=threads)
+                yield from fetch_uris(batch, self.storage_options, threads=threads,
+                                      recover=self._recover)
             else:
                 keys = [None if ref.member == UNREADABLE else ref.member for ref in batch]
                 yield from fetch_scanned(batch, keys, self._scanner(table, set(keys) - {None}))
+
+    def _recover(self, refs: list[ImageRef]) -> dict[int, str | BaseException]:
+        """The real URI of each ref planned redacted, re-read from its row of its table file."""
+        by_table: dict[str, dict[int, ImageRef]] = {}
+        for ref in refs:
+            table, _, row = (ref.locator or "").rpartition("#row=")
+            by_table.setdefault(table, {})[int(row)] = ref
+        found: dict[int, str | BaseException] = {}
+        for table, located in by_table.items():
+            try:
+                texts = self._open(table, partial(self._uri_texts, table, set(located)))
+            except Exception as exc:  # noqa: BLE001 - an errors row for each image, below
+                if is_transient(exc):
+                    raise  # an outage: the shard is tried again later
+                error = OSError(f"the URI table {redact(table)} could not be re-read: "
+                                f"{type(exc).__name__}: {exc}")
+                found.update((ref.image_id, error) for ref in located.values())
+                continue
+            folder = table.rsplit("/", 1)[0]
+            for row, ref in located.items():
+                text = (texts.get(row) or "").strip()
+                found[ref.image_id] = checked(ref, resolve_uri(folder, text) if text else None,
+                                              source=f"the URI table {redact(table)}",
+                                              where=f"row {row}")
+        return found
+
+    def _uri_texts(self, table: str, rows: set[int], pf: pq.ParquetFile) -> dict[int, str | None]:
+        """Row -> URI column value for `rows`: only the row groups holding them are read,
+        each up to its last wanted row, and only the URI column."""
+        schema = pf.schema_arrow
+        column = self._require(self._find_uri_column(schema), "URI", table, schema)
+        starts, by_group = _row_groups(pf, rows)
+        texts: dict[int, str | None] = {}
+        for group, wanted in by_group.items():
+            row, left = starts[group], iter(wanted)
+            want = next(left, None)
+            for batch in pf.iter_batches(batch_size=LIST_BATCH_ROWS, row_groups=[group],
+                                         columns=[column]):
+                while want is not None and want < row + batch.num_rows:
+                    texts[want] = batch.column(0)[want - row].as_py()
+                    want = next(left, None)
+                if want is None:
+                    break
+                row += batch.num_rows
+        return texts
 
     def _scanner(self, uri: str, wanted: set[Any]) -> Scan:
         fs, path = filesystem(uri, self.storage_options)
@@ -243,11 +295,8 @@ class ParquetTable:
                 schema = pf.schema_arrow
                 image = self._require(self._find_image_column(schema), "image", uri, schema)
                 rows = self._rows_of(pf, wanted - skip)
-                starts = [0, *accumulate(pf.metadata.row_group(i).num_rows
-                                         for i in range(pf.num_row_groups))]
-                groups = sorted({bisect_right(starts, row) - 1 for row in rows
-                                 if 0 <= row < starts[-1]})
-                for group in groups:
+                starts, by_group = _row_groups(pf, rows)
+                for group in by_group:
                     row = starts[group]
                     for batch in pf.iter_batches(batch_size=FETCH_BATCH_ROWS, row_groups=[group],
                                                  columns=[image]):
@@ -271,6 +320,21 @@ class ParquetTable:
                     rows[row] = _member_of(value)
                 row += 1
         return rows
+
+
+def _row_locator(table: str, row: int) -> str:
+    return f"{table}#row={row}"
+
+
+def _row_groups(pf: pq.ParquetFile, rows: Iterable[int]) -> tuple[list[int], dict[int, list[int]]]:
+    """The first row of each row group (and the row count last), and the wanted rows that
+    exist by row group, both in order."""
+    starts = [0, *accumulate(pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups))]
+    by_group: dict[int, list[int]] = {}
+    for row in sorted(rows):
+        if 0 <= row < starts[-1]:
+            by_group.setdefault(bisect_right(starts, row) - 1, []).append(row)
+    return starts, by_group
 
 
 def _member_of(value: Any) -> str:

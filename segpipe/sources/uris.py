@@ -15,7 +15,14 @@ import fsspec
 from fsspec.core import split_protocol, strip_protocol
 
 from segpipe.records import ImageRef
-from segpipe.sources.base import LOCAL_PROTOCOLS, Fetched, fetch_concurrently, uri_of
+from segpipe.sources.base import (
+    LOCAL_PROTOCOLS,
+    Fetched,
+    fetch_concurrently,
+    read_failure,
+    uri_of,
+)
+from segpipe.sources.located import Recover
 from segpipe.storage import filesystem
 
 
@@ -36,19 +43,37 @@ def resolve_uri(folder: str, text: str) -> str:
     return joined if base_protocol in LOCAL_PROTOCOLS else f"{base_protocol}://{joined}"
 
 
-def fetch_uris(refs: Sequence[ImageRef], storage_options: dict[str, Any], *,
-               threads: int) -> Fetched:
-    """Each ref's bytes read from its own URI, concurrently, in the order of `refs`."""
+def fetch_uris(refs: Sequence[ImageRef], storage_options: dict[str, Any], *, threads: int,
+               recover: Recover | None = None) -> Fetched:
+    """Each ref's bytes read from its own URI, concurrently, in the order of `refs`.
+
+    A ref planned redacted (it has a locator, see `located`) is read from the real URI that
+    `recover` re-reads from the source, all of them at once before the first read.
+    """
+    located = [ref for ref in refs if ref.locator is not None]
+    real = recover(located) if located and recover is not None else {}
+    missing = LookupError("planned redacted, and this source cannot re-read its URI")
     filesystems: dict[str | None, fsspec.AbstractFileSystem] = {}
 
+    def target(ref: ImageRef) -> str | BaseException:
+        return ref.uri if ref.locator is None else real.get(ref.image_id, missing)
+
     def read(ref: ImageRef) -> bytes:
-        protocol, _ = split_protocol(ref.uri)
+        uri = target(ref)
+        assert isinstance(uri, str)  # refs without a URI are never read
+        protocol, _ = split_protocol(uri)
         if protocol not in filesystems:
             # Object-store options (endpoint, credentials) mean nothing to a web server.
             plain = protocol in LOCAL_PROTOCOLS or protocol in ("http", "https")
             options = None if plain else storage_options
-            filesystems[protocol] = filesystem(ref.uri, options)[0]
+            filesystems[protocol] = filesystem(uri, options)[0]
         # The filesystem's own path form: "bucket/key" on S3, the whole URL over HTTP.
-        return filesystems[protocol].cat_file(strip_protocol(ref.uri))
+        return filesystems[protocol].cat_file(strip_protocol(uri))
 
-    return fetch_concurrently(refs, read, threads=threads)
+    results = fetch_concurrently([ref for ref in refs if isinstance(target(ref), str)], read,
+                                 threads=threads)
+    for ref in refs:
+        found = target(ref)
+        # A URI that could not be re-read fails here, outside the retries: its error is final,
+        # and must never pass for a transient one (which would fail the whole shard).
+        yield (ref, read_failure(ref, found)) if isinstance(found, BaseException) else next(results)
