@@ -126,7 +126,7 @@ class _WorkerMetrics:
         self.errors = metrics.Counter("segpipe_errors", "Images that ended in the errors table.")
         self.shards = metrics.Counter("segpipe_shards", "Shards committed.")
         self.batch_latency = metrics.Histogram(
-            "segpipe_batch_seconds", "Model batch latency (preprocess, forward, post-process).",
+            "segpipe_batch_seconds", "Model batch latency (preprocess and forward; post-processing overlaps the next batch).",
             boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60])
 
     def record(self, marker: dict[str, Any]) -> None:
