@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from segpipe.decode import decode_image
-from segpipe.records import DecodedImage, ImageFailure, Prediction, Shard
+from segpipe.records import DecodedImage, ImageFailure, ImageRef, Prediction, Shard
 from segpipe.segmenter import Forwarded, Segmenter
 from segpipe.sources import Source
+from segpipe.sources.located import WITHHELD, withheld_failure
 from segpipe.storage import Folder, ParallelWrites
 from segpipe.writer import RunContext, ShardWriter
 
@@ -42,9 +43,17 @@ def prefetch_decoded(source: Source, shard: Shard, *, read_threads: int, max_pix
     buffer: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def fetched() -> Iterator[tuple[ImageRef, bytes | ImageFailure]]:
+        """The source's fetch, with the refs whose names the plan withheld as failures, in
+        plan order."""
+        readable = source.fetch([r for r in shard.images if r.locator != WITHHELD],
+                                threads=read_threads)
+        for ref in shard.images:
+            yield (ref, withheld_failure(ref)) if ref.locator == WITHHELD else next(readable)
+
     def produce() -> None:
         try:
-            for ref, data in source.fetch(shard.images, threads=read_threads):
+            for ref, data in fetched():
                 if stop.is_set():
                     return
                 item = data if isinstance(data, ImageFailure) else decode_image(

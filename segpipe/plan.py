@@ -6,8 +6,8 @@ written last, says the plan is complete; an interrupted plan is simply redone,
 and being deterministic it rewrites the same bytes.
 
 The plan lives under DST, which must never hold a credential: sources list a signed URI
-redacted, with a locator to re-read it when fetching (see `sources.located`), and the
-planner refuses any ref that would still store one.
+redacted, with a locator to re-read it when fetching (see `sources.located`); any other
+name with a credential's shape is planned stripped and withheld, and becomes an errors row.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from segpipe import layout
 from segpipe.identity import shard_id
 from segpipe.records import ImageRef, Shard
 from segpipe.sources import EmptySourceError, Source
-from segpipe.storage import Folder, redact, redact_uri, strip_credentials
+from segpipe.sources.located import storable
+from segpipe.storage import Folder, redact
 
 __all__ = ["EmptySourceError", "Plan", "load_shard", "read_plan", "write_plan"]
 
@@ -60,8 +61,7 @@ def write_plan(source: Source, dst: Folder, run_id: str, shard_size: int,
         seen_any = True
         if skip is not None and skip(ref):
             continue
-        _check_storable(ref, source)
-        batch.append(ref)
+        batch.append(storable(ref))
         num_images += 1
         if len(batch) == shard_size:
             flush()
@@ -74,15 +74,6 @@ def write_plan(source: Source, dst: Folder, run_id: str, shard_size: int,
     dst.write_json(layout.plan_done(run_id),
                    {"run_id": run_id, "num_shards": plan.num_shards, "num_images": num_images})
     return plan
-
-
-def _check_storable(ref: ImageRef, source: Source) -> None:
-    if any(text is not None and strip_credentials(text) != text for text in (ref.uri, ref.locator)):
-        raise ValueError(
-            f"refusing to plan {redact_uri(ref.display)}: its name holds what looks like a "
-            "credential (a signed query string, or user:password), which must not be stored "
-            f"under DST, and a {type(source).__name__} source cannot re-read it when fetching; "
-            "manifests and URI tables may list signed URLs")
 
 
 def read_plan(dst: Folder, run_id: str) -> Plan | None:

@@ -11,9 +11,11 @@ import pytest
 
 from segpipe import layout
 from segpipe.identity import image_id, shard_id
+from segpipe.pipeline import prefetch_decoded
 from segpipe.plan import EmptySourceError, Plan, load_shard, read_plan, write_plan
 from segpipe.records import ImageRef
 from segpipe.sources import ImageFiles, open_source
+from segpipe.sources.located import WITHHELD
 from segpipe.storage import Folder, redact_uri
 from tests.conftest import write_images
 from tests.test_sources import Store, parquet_bytes, png, secrets_of, signed_url
@@ -153,13 +155,22 @@ def test_a_plan_of_signed_urls_holds_no_credential_yet_fetches_every_image(kind,
     assert plan_files(again) == files
 
 
-def test_plan_refuses_a_credential_its_source_cannot_re_read(tmp_path):
-    [image] = write_images(tmp_path / "src", 1)
-    image.rename(tmp_path / "src" / "x&sig=abc.png")
+def test_a_file_name_shaped_like_a_credential_is_withheld_and_becomes_an_errors_row(tmp_path):
+    """An image folder cannot re-read a stripped name, and the plan must not store a
+    credential: the image is planned withheld and read as an errors row naming it, while
+    the job goes on with the others."""
+    images = write_images(tmp_path / "src", 3)
+    images[1].rename(tmp_path / "src" / "img-001&sig=abc.png")
     dst = Folder(str(tmp_path / "dst"))
-    with pytest.raises(ValueError, match=r"refusing to plan .*/x&sig=<redacted>: .* ImageFiles"):
-        write_plan(ImageFiles(str(tmp_path / "src")), dst, "00001", shard_size=4)
-    assert not dst.fs.exists(dst.root)
+    source = ImageFiles(str(tmp_path / "src"))
+    plan = write_plan(source, dst, "00001", shard_size=4)
+    assert "sig=abc" not in "".join(p.read_text() for p in (tmp_path / "dst").rglob("*.json"))
+    [shard] = [load_shard(dst, "00001", sid) for sid in plan.shard_ids()]
+    out = list(prefetch_decoded(source, shard, read_threads=2, max_pixels=10**8, depth=2))
+    assert [type(o).__name__ for o in out] == ["DecodedImage", "ImageFailure", "DecodedImage"]
+    failure = out[1]
+    assert failure.ref.locator == WITHHELD and failure.stage == "read"
+    assert "img-001&sig=<redacted>" in failure.message and "rename it" in failure.message
 
 
 def test_a_path_that_happens_to_hold_the_access_key_id_plans_as_is(tmp_path, monkeypatch):

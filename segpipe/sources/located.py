@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from segpipe.identity import image_id
-from segpipe.records import ImageRef
+from segpipe.records import ImageFailure, ImageRef
 from segpipe.storage import redact_uri, strip_credentials
 
 
@@ -50,3 +50,28 @@ def checked(ref: ImageRef, uri: str | None, *, source: str, where: str) -> str |
         # The URI goes last: `redact` takes what follows a redacted value, up to a space, too.
         message += f" but {redact_uri(uri)}"
     return SourceChangedError(message)
+
+
+# The locator of a ref whose own name (a file's, a tar member's) has the shape of a
+# credential: the plan keeps it stripped, no source can re-read it, and the worker makes it
+# an errors row. Such a name is far more likely an odd file name than a secret, but it is
+# not ours to tell, and one odd name must not stop the whole job.
+WITHHELD = "<name withheld>"
+
+
+def storable(ref: ImageRef) -> ImageRef:
+    """`ref` as the plan may store it: unchanged, or withheld when it still has a credential's
+    shape (a source that can re-read signed URIs has already stripped and located them)."""
+    parts = (ref.uri, ref.member, ref.locator)
+    if all(text is None or strip_credentials(text) == text for text in parts):
+        return ref
+    member = None if ref.member is None else strip_credentials(ref.member)
+    return ImageRef(ref.image_id, strip_credentials(ref.uri), member, ref.version, ref.fields,
+                    WITHHELD)
+
+
+def withheld_failure(ref: ImageRef) -> ImageFailure:
+    return ImageFailure(ref, "read", "CredentialShapedName",
+                        f"{ref.display}: not read, because its name has the shape of a signed URL "
+                        "or user:password, which is never stored in the plan; rename it, or "
+                        "list it in a manifest")
