@@ -56,16 +56,17 @@ def best_times(fns: dict[str, Callable[[], Any]], repeats: int,
     best = {name: (float("inf"), float("inf"), None) for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            _sync(device)
+            sync(device)
             wall, cpu = time.perf_counter(), time.process_time()
             out = fn()
-            _sync(device)
+            sync(device)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             best[name] = (min(best[name][0], wall), min(best[name][1], cpu), out)
     return best
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a clock reads what it ran."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 

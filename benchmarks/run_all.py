@@ -47,7 +47,7 @@ def rows() -> list[str]:
             target = pp["target"]["speedup_min"] if x["task"] in pp["target"]["tasks"] else None
             goal = f">= {target}" if target else "(reported)"
             met = verdict(x["speedup"] >= target) if target else "-"
-            out.append(f"| Post-process {x['task']} {x['case']}, batch {x.get('batch', 8)}, CPU: "
+            out.append(f"| Post-process {x['task']} {x['case']}, batch {x['batch']}, {x['device']}: "
                        f"ours vs transformers | {x['ours_s']} s vs {x['transformers_s']} s | "
                        f"**{x['speedup']}x** | {goal} | {met} |")
     if tp := load("e2e_throughput"):
@@ -57,11 +57,10 @@ def rows() -> list[str]:
                    f"{x['baseline_images_per_s']} images/s ({x['segpipe_s']} s vs "
                    f"{x['baseline_s']} s) | **{x['ratio']}x** | >= "
                    f"{tp['target']['ratio_min']} | {verdict(x['ratio'] >= tp['target']['ratio_min'])} |")
-        if "steady_ratio" in x:
-            out.append(f"| The same, per image once running (worker busy time vs the loop) | "
-                       f"{x['steady_segpipe_ms_per_image']} vs "
-                       f"{x['steady_baseline_ms_per_image']} ms an image | "
-                       f"**{x['steady_ratio']}x** | (reported) | - |")
+        out.append(f"| The same, per image once running (worker busy time vs the loop) | "
+                   f"{x['steady_segpipe_ms_per_image']} vs "
+                   f"{x['steady_baseline_ms_per_image']} ms an image | "
+                   f"**{x['steady_ratio']}x** | (reported) | - |")
     if of := load("e2e_outside_forward"):
         x = of["results"][0]
         lim = of["target"]["outside_forward_fraction_max"]
@@ -83,7 +82,7 @@ def rows() -> list[str]:
 def e2e_notes() -> list[str]:
     """What the end-to-end figures are made of, from what the benchmark measured."""
     tp = load("e2e_throughput")
-    if not tp or "segpipe_cpu_ms_per_image" not in tp["results"][0]:
+    if not tp:
         return []
     x = tp["results"][0]
     return [
@@ -103,20 +102,27 @@ def e2e_notes() -> list[str]:
     ]
 
 
+def cpu_cores() -> str:
+    """The CPU machine as its end-to-end run recorded it."""
+    tp = load("e2e_throughput")
+    return f"{tp['results'][0]['cores']} cores" if tp else "cores not recorded"
+
+
 def gpu_section() -> list[str]:
     gpu = load("gpu")
     if not gpu:
         return ["No GPU figures yet: run `python -m benchmarks.gpu` on a CUDA machine."]
-    lines = [f"Swin-B-sized Mask2Former ({gpu['params'] / 1e6:.0f} M parameters, random "
-             f"weights), bf16, on {gpu['device']} (torch {gpu['torch']}), 640x480 images:", "",
-             "| batch | forward images/s | preprocess + forward + post-process images/s | "
-             "share outside the forward |", "|---|---|---|---|"]
+    height, width = gpu["image_size"]
+    lines = [f"{gpu['model']} ({gpu['params'] / 1e6:.0f} M parameters), {gpu['dtype']}, on "
+             f"{gpu['device']} (torch {gpu['torch']}), {width}x{height} images:", "",
+             "| batch | forward images/s | preprocess + forward + post-process images/s, "
+             "pipelined | share outside the forward |", "|---|---|---|---|"]
     for x in gpu["results"]:
         lines.append(f"| {x['batch_size']} | {x['forward_images_per_s']} | "
-                     f"{x['stage_images_per_s']} | {x['outside_forward_fraction']:.1%} |")
+                     f"{x['stage_pipelined_images_per_s']} | {x['outside_forward_fraction']:.1%} |")
     pp = gpu["postprocess"]
-    lines += ["", f"Panoptic post-processing, batch 8, on the GPU: ours {pp['ours_s']} s, "
-              f"transformers {pp['transformers_s']} s ({pp['speedup']}x)."]
+    lines += ["", f"Panoptic post-processing, batch {pp['batch']}, on {gpu['device']}: ours "
+              f"{pp['ours_s']} s, transformers {pp['transformers_s']} s ({pp['speedup']}x)."]
     return lines
 
 
@@ -124,7 +130,7 @@ def render() -> None:
     lines = ["# Benchmarks", "",
              "Produced by `make bench` (`python -m benchmarks.run_all`) from "
              "`benchmarks/results/*.json`; each figure was measured, on the machine named.", "",
-             "## CPU (2 cores, 24 GiB: the development and CI machine)", "",
+             f"## CPU ({cpu_cores()}: the development and CI machine)", "",
              "| what | measured | figure | target | |", "|---|---|---|---|---|", *rows(), "",
              *e2e_notes(), "",
              "## GPU", "", *gpu_section(), ""]

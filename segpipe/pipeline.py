@@ -110,7 +110,7 @@ def process_shard(
 
     with ParallelWrites(dst, read_threads) as writes, ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"finish-{shard.shard_id}") as finishing:
-        writer = ShardWriter(dst, run, shard, loaded.label_set, attempt=attempt, writes=writes)
+        writer = ShardWriter(dst, run, shard, loaded.label_set, writes, attempt=attempt)
 
         def write(outputs: list[Prediction | ImageFailure]) -> None:
             for out in outputs:

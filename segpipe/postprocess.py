@@ -813,14 +813,15 @@ def post_process_semantic(
         grid = grids(tuple(logits.shape[-2:]), size)
         # Class scores are sums of query probabilities with weights >= 0, so the queries'
         # bounds (cheap, from the logits) bound them; sums round, hence the wider slack.
-        query_lo, query_hi = grid.bounds(logits if between else logits.sigmoid(), None,
-                                         max_chunk_pixels)
-        bounds = _widen(query_lo @ class_probs[i], query_hi @ class_probs[i], slack=1e-4)
-        probs = logits
-        if fam.mid_size is not None:
+        if fam.mid_size is not None:  # the grid applies the sigmoid after the mid resize
             probs = F.interpolate(logits[None], size=fam.mid_size, mode="bilinear",
-                                  align_corners=False)[0]
-        per_class = torch.einsum("qc,qhw->chw", class_probs[i], probs.sigmoid())
+                                  align_corners=False)[0].sigmoid()
+            bounded = logits
+        else:
+            probs = bounded = logits.sigmoid()
+        query_lo, query_hi = grid.bounds(bounded, None, max_chunk_pixels)
+        bounds = _widen(query_lo @ class_probs[i], query_hi @ class_probs[i], slack=1e-4)
+        per_class = torch.einsum("qc,qhw->chw", class_probs[i], probs)
         resolved = _resolve(grid, bounds, partial(grid.mid_windows, per_class), None, None,
                             max_chunk_pixels)
         present = resolved.area > 0

@@ -37,8 +37,8 @@ class ShardWriter:
     run: RunContext
     shard: Shard
     label_set: LabelSet
+    writes: ParallelWrites  # per-image PNGs, a few at a time
     attempt: int = 1
-    writes: ParallelWrites | None = None  # per-image PNGs go here when given, else inline
     _coco_images: list[dict[str, Any]] = field(default_factory=list)
     _coco_annotations: list[dict[str, Any]] = field(default_factory=list)
     _rows: dict[str, list[dict[str, Any]]] = field(
@@ -50,7 +50,7 @@ class ShardWriter:
         uri = redact_uri(ref.uri)
         height, width = pred.id_map.shape
         png_key = layout.panoptic_png(self.run.run_id, ref.image_id)
-        self._put(png_key, coco.id_map_to_png(pred.id_map))
+        self.writes.put(png_key, coco.id_map_to_png(pred.id_map))
         semantic_key = self._write_semantic(pred) if self.run.task == "semantic" else None
         stats = coco.segment_stats(pred.id_map)
         segments_info = []
@@ -96,8 +96,7 @@ class ShardWriter:
     def commit(self) -> dict[str, Any]:
         """Write the shard's tables and COCO fragment, then the commit marker, last."""
         run_id, sid = self.run.run_id, self.shard.shard_id
-        if self.writes is not None:
-            self.writes.wait()  # every image's PNG lands before anything names it
+        self.writes.wait()  # every image's PNG lands before anything names it
         for name, rows in self._rows.items():
             self.dst.write_bytes(tables.table_key(name, run_id, sid), tables.to_parquet_bytes(name, rows))
         self.dst.write_json(layout.fragment(run_id, sid), {
@@ -118,14 +117,8 @@ class ShardWriter:
         for seg in pred.segments:
             lut[seg.segment_id] = self.label_set.category(seg.label_id).id
         key = layout.semantic_png(self.run.run_id, pred.image.ref.image_id)
-        self._put(key, coco.label_png(lut[pred.id_map], num))
+        self.writes.put(key, coco.label_png(lut[pred.id_map], num))
         return key
-
-    def _put(self, key: str, data: bytes) -> None:
-        if self.writes is None:
-            self.dst.write_bytes(key, data)
-        else:
-            self.writes.put(key, data)
 
     def _image_row(self, ref: Any, width: int | None, height: int | None, digest: str | None,
                    num_segments: int, status: str, error: str | None, png_key: str | None,

@@ -19,28 +19,32 @@ def save_tiny_mask2former(folder: Path, *, seed: int = 0, num_queries: int = 12,
                           size: int = 64) -> Path:
     """A ~0.35M-parameter Mask2Former with confident random predictions, saved as a
     checkpoint folder (safetensors, config, image processor) plus a label map."""
-    from transformers import (
-        Mask2FormerConfig,
-        Mask2FormerForUniversalSegmentation,
-        Mask2FormerImageProcessor,
-    )
+    from transformers import Mask2FormerImageProcessor
 
-    torch.manual_seed(seed)
-    backbone = _tiny_swin(size)
-    names = [c["name"] for c in DEMO_LIKE_LABELS]
-    config = Mask2FormerConfig(
-        backbone_config=backbone, feature_size=32, mask_feature_size=32, hidden_dim=32,
-        encoder_feedforward_dim=64, dim_feedforward=64, encoder_layers=1, decoder_layers=2,
-        num_attention_heads=2, num_queries=num_queries,
-        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
-    model = Mask2FormerForUniversalSegmentation(config).eval()
-    _sharpen(model.class_predictor)
+    model = tiny_mask2former([c["name"] for c in DEMO_LIKE_LABELS], seed=seed,
+                             num_queries=num_queries, size=size)
     _sharpen_masks(model)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
     Mask2FormerImageProcessor(size={"height": size, "width": size}).save_pretrained(folder)
     (folder / "labels.json").write_text(json.dumps(DEMO_LIKE_LABELS))
     return folder
+
+
+def tiny_mask2former(names: list[str], *, seed: int = 0, num_queries: int = 12,
+                     size: int = 64) -> torch.nn.Module:
+    """A ~0.35M-parameter random Mask2Former over `names`, with confident class scores."""
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
+
+    torch.manual_seed(seed)
+    config = Mask2FormerConfig(
+        backbone_config=_tiny_swin(size), feature_size=32, mask_feature_size=32, hidden_dim=32,
+        encoder_feedforward_dim=64, dim_feedforward=64, encoder_layers=1, decoder_layers=2,
+        num_attention_heads=2, num_queries=num_queries,
+        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    model = Mask2FormerForUniversalSegmentation(config).eval()
+    _sharpen(model.class_predictor)
+    return model
 
 
 def _tiny_swin(size: int) -> object:

@@ -24,8 +24,6 @@ RUNNER = ("import runpy, sys\n"
 
 def test_tiny_cpu_smoke_run(tmp_path: Path) -> None:
     out = tmp_path / "gpu.json"
-    real = ROOT / "benchmarks" / "results" / "gpu.json"
-    before = real.stat().st_mtime_ns if real.exists() else None
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
     # -X importtime logs every import attempt, the failed ones included, on stderr.
     run = subprocess.run(
@@ -49,9 +47,8 @@ def test_tiny_cpu_smoke_run(tmp_path: Path) -> None:
     for row in rows:
         assert row["images"] == 8 and row["batches"] == 8 // row["batch_size"]
         for key in ("forward_images_per_s", "stage_serial_images_per_s",
-                    "stage_pipelined_images_per_s", "stage_images_per_s"):
+                    "stage_pipelined_images_per_s"):
             assert row[key] > 0, (key, row)
-        assert row["stage_images_per_s"] == row["stage_pipelined_images_per_s"]
         for key in ("outside_forward_fraction", "outside_forward_fraction_serial"):
             assert 0 <= row[key] < 1, (key, row)
         assert row["outside_forward_fraction_vs_forward_only"] < 1
@@ -62,8 +59,6 @@ def test_tiny_cpu_smoke_run(tmp_path: Path) -> None:
     # Each JSON line printed is one of the report's rows.
     printed = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     assert printed == [*rows, pp]
-    # The smoke run never touches the results file that docs/benchmarks.md is made from.
-    assert (real.stat().st_mtime_ns if real.exists() else None) == before
 
 
 def test_results_file_takes_only_the_documented_run(capsys: pytest.CaptureFixture[str]) -> None:

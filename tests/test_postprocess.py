@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from segpipe import postprocess
 from segpipe.postprocess import SegmentationResult
+from tests.models import tiny_mask2former
 
 FAMILIES = ("mask2former", "maskformer", "oneformer")
 SIZES = [(97, 130), (60, 80), (150, 110), (128, 128)]  # non-square, different in one batch
@@ -269,20 +270,8 @@ def test_resampling_equals_interpolate_bit_for_bit() -> None:
 
 
 def test_real_tiny_mask2former_outputs() -> None:
-    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
-
-    torch.manual_seed(0)
-    backbone = SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1],
-                          num_heads=[1, 1, 2, 2], window_size=4,
-                          out_features=["stage1", "stage2", "stage3", "stage4"])
-    config = Mask2FormerConfig(
-        backbone_config=backbone, feature_size=32, mask_feature_size=32, hidden_dim=32,
-        encoder_feedforward_dim=64, dim_feedforward=64, encoder_layers=1, decoder_layers=2,
-        num_attention_heads=2, num_queries=20, num_labels=6)
-    model = Mask2FormerForUniversalSegmentation(config).eval()
-    with torch.no_grad():  # random class scores are flat; make them confident
-        model.class_predictor.weight.mul_(25.0)
-        model.class_predictor.bias[-1] = -20.0
+    model = tiny_mask2former([f"LABEL_{i}" for i in range(6)], num_queries=20)
+    with torch.no_grad():
         out = model(pixel_values=torch.rand(2, 3, 64, 64))
     cls, masks = out.class_queries_logits, out.masks_queries_logits
     sizes = [(50, 70), (64, 48)]

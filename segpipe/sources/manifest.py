@@ -58,7 +58,8 @@ class Manifest:
         fs, path = filesystem(self.url, self.storage_options)
         with fs.open(path, "rb") as f:
             lines = Lines(f)
-            records = self._csv_records(lines) if self.delimiter else self._text_records(lines)
+            delimiter = self.delimiter
+            records = self._csv_records(lines, delimiter) if delimiter else self._text_records(lines)
             for text, fields, span in records:
                 yield uri_ref(resolve_uri(folder, text), fields, span.__str__)
 
@@ -71,8 +72,9 @@ class Manifest:
                 yield text, {}, Span(start, lines.offset - start)
             start = lines.offset
 
-    def _csv_records(self, lines: Lines) -> Iterator[tuple[str, dict[str, Any], Span]]:
-        reader = csv.reader(lines, delimiter=self.delimiter or ",")
+    def _csv_records(self, lines: Lines, delimiter: str,
+                     ) -> Iterator[tuple[str, dict[str, Any], Span]]:
+        reader = csv.reader(lines, delimiter=delimiter)
         header = next(reader, [])
         wanted = [self.uri_column] if self.uri_column else list(URI_COLUMNS)
         column = next((name for name in wanted if name in header), None)
@@ -100,6 +102,7 @@ class Manifest:
         """The real URI of each ref planned redacted, re-read from its record's bytes."""
         fs, path = filesystem(self.url, self.storage_options)
         folder = folder_of(self.url, self.storage_options)
+        delimiter = self.delimiter or ","  # only CSV records name a column
         found: dict[int, str | BaseException] = {}
         for run in byte_runs([(ref, Span.parse(ref.locator or "")) for ref in refs]):
             try:
@@ -113,24 +116,24 @@ class Manifest:
                 found.update((ref.image_id, error) for ref, _ in run.spans)
                 continue
             for ref, span in run.spans:
-                uri = self._uri_in(run.data_of(data, span), span, folder)
+                uri = _uri_in(run.data_of(data, span), span, folder, delimiter)
                 found[ref.image_id] = checked(ref, uri, source=f"the manifest {redact(self.url)}",
                                               where=f"the record at {span}")
         return found
 
-    def _uri_in(self, record: bytes, span: Span, folder: str) -> str | None:
-        """The URI a record's bytes list now, parsed as when planning; None for none."""
-        try:
-            text = record.decode("utf-8")
-            if span.offset == 0:
-                text = text.removeprefix("\ufeff")
-            if span.column is not None:
-                row = next(csv.reader(io.StringIO(text, newline=""), delimiter=self.delimiter
-                                      or ","), [])
-                text = row[span.column] if span.column < len(row) else ""
-        except (UnicodeDecodeError, csv.Error):
-            return None
-        text = text.strip()
-        if not text or (span.column is None and text.startswith("#")):
-            return None
-        return resolve_uri(folder, text)
+
+def _uri_in(record: bytes, span: Span, folder: str, delimiter: str) -> str | None:
+    """The URI a record's bytes list now, parsed as when planning; None for none."""
+    try:
+        text = record.decode("utf-8")
+        if span.offset == 0:
+            text = text.removeprefix("\ufeff")
+        if span.column is not None:
+            row = next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), [])
+            text = row[span.column] if span.column < len(row) else ""
+    except (UnicodeDecodeError, csv.Error):
+        return None
+    text = text.strip()
+    if not text or (span.column is None and text.startswith("#")):
+        return None
+    return resolve_uri(folder, text)

@@ -53,13 +53,13 @@ def fetch_uris(refs: Sequence[ImageRef], storage_options: dict[str, Any], *, thr
     located = [ref for ref in refs if ref.locator is not None]
     real = recover(located) if located and recover is not None else {}
     missing = LookupError("planned redacted, and this source cannot re-read its URI")
+    # Per image: the URI to read, or why there is none.
+    found = {ref.image_id: ref.uri if ref.locator is None else real.get(ref.image_id, missing)
+             for ref in refs}
     filesystems: dict[str | None, fsspec.AbstractFileSystem] = {}
 
-    def target(ref: ImageRef) -> str | BaseException:
-        return ref.uri if ref.locator is None else real.get(ref.image_id, missing)
-
     def read(ref: ImageRef) -> bytes:
-        uri = target(ref)
+        uri = found[ref.image_id]
         assert isinstance(uri, str)  # refs without a URI are never read
         protocol, _ = split_protocol(uri)
         if protocol not in filesystems:
@@ -70,10 +70,10 @@ def fetch_uris(refs: Sequence[ImageRef], storage_options: dict[str, Any], *, thr
         # The filesystem's own path form: "bucket/key" on S3, the whole URL over HTTP.
         return filesystems[protocol].cat_file(strip_protocol(uri))
 
-    results = fetch_concurrently([ref for ref in refs if isinstance(target(ref), str)], read,
-                                 threads=threads)
+    results = fetch_concurrently([ref for ref in refs if isinstance(found[ref.image_id], str)],
+                                 read, threads=threads)
     for ref in refs:
-        found = target(ref)
+        uri = found[ref.image_id]
         # A URI that could not be re-read fails here, outside the retries: its error is final,
         # and must never pass for a transient one (which would fail the whole shard).
-        yield (ref, read_failure(ref, found)) if isinstance(found, BaseException) else next(results)
+        yield (ref, read_failure(ref, uri)) if isinstance(uri, BaseException) else next(results)
