@@ -24,7 +24,7 @@ from pathlib import Path
 from segpipe.identity import image_id
 from segpipe.plan import write_plan
 from segpipe.records import ImageRef
-from segpipe.sources.base import Fetched
+from segpipe.sources.base import Fetched, Skipped
 from segpipe.storage import Folder
 
 CASES = (1_000_000, 100_000)
@@ -40,7 +40,7 @@ class SyntheticListing:
     url: str
     count: int
 
-    def list_images(self) -> Iterator[ImageRef]:
+    def list_images(self, *, skipped: Skipped | None = None) -> Iterator[ImageRef]:
         for i in range(self.count):
             uri = f"{self.url}/{i // 10_000:04d}/{i:08d}.jpg"
             yield ImageRef(image_id(uri), uri, version=f"etag:{i:032x}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import sys
 import time
@@ -22,13 +24,13 @@ from segpipe.executor import (
     peak_rss_mb,
 )
 from segpipe.incremental import seen_filter, write_superseded
-from segpipe.merge import write_merged_panoptic
+from segpipe.merge import committed_shards, write_merged_panoptic
 from segpipe.plan import Plan, read_plan, write_plan
 from segpipe.progress import Progress
 from segpipe.segmenter import Segmenter
 from segpipe.sources import open_source
 from segpipe.status import list_runs
-from segpipe.storage import Folder
+from segpipe.storage import Folder, redact_uri
 from segpipe.writer import RunContext
 
 log = logging.getLogger(__name__)
@@ -39,52 +41,155 @@ class JobFailed(RuntimeError):
 
 
 class DestinationMismatch(RuntimeError):
-    pass
+    """The destination holds committed work made with other settings or from another source."""
+
+
+# What decides a run's plan: another source plans other images.
+SOURCE_FIELDS = ("src", "source_format", "image_column", "uri_column", "id_column")
+# Recorded once the model has loaded; unknown (None) when the checkpoint's files were not found.
+WEIGHTS_FIELD = "weights_sha256"
 
 
 @dataclass(frozen=True)
 class RunState:
     run: RunContext
     plan: Plan
+    incremental: bool  # as recorded when the run started, whatever a resume's flags say
 
 
-def guard_destination(dst: Folder, config: JobConfig) -> None:
-    """Refuse to mix outputs of different models/tasks/settings in one destination."""
-    wanted = config.fingerprint()
-    if dst.exists(layout.JOB):
-        stored = dst.read_json(layout.JOB)["fingerprint"]
-        if stored != wanted:
-            diffs = ", ".join(f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}"
-                              for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k))
-            raise DestinationMismatch(
-                f"{config.dst} holds outputs made with different settings ({diffs}). "
-                "Write to a new destination, or delete this one to start over.")
+def stored_settings(dst: Folder) -> dict[str, Any] | None:
+    return dst.read_json(layout.JOB)["fingerprint"] if dst.exists(layout.JOB) else None
+
+
+def setting_differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """What differs, as "name: old -> new". A setting that one side does not record (a
+    destination written before segpipe recorded it, weights not found) is not compared."""
+    return [f"{k}: {stored[k]!r} -> {wanted[k]!r}" for k in sorted(set(stored) & set(wanted))
+            if stored[k] != wanted[k] and not (k == WEIGHTS_FIELD and None in (stored[k], wanted[k]))]
+
+
+def check_settings(dst: Folder, config: JobConfig) -> None:
+    """Refuse settings other than those of the committed work at `dst`.
+
+    A destination with nothing committed accepts new settings: a first attempt that failed
+    (a mistyped model) must not lock it. Its unfinished runs are discarded, since they were
+    planned and recorded for the old settings.
+    """
+    stored = stored_settings(dst)
+    diffs = setting_differences(stored, config.fingerprint()) if stored else []
+    if not diffs:
         return
-    dst.write_json(layout.JOB, {"fingerprint": wanted, "fingerprint_hash": config.fingerprint_hash()})
+    if any(True for _ in committed_shards(dst)):
+        raise DestinationMismatch(
+            f"{config.dst} holds outputs made with different settings ({', '.join(diffs)}). "
+            "Write to a new destination, or delete this one to start over.")
+    log.warning("%s has no committed shard; its settings are replaced (%s)", config.dst,
+                ", ".join(diffs))
+    for run_id in list_runs(dst):
+        discard_run(dst, run_id)
 
 
-def run_complete(dst: Folder, run_id: str) -> bool:
-    return dst.exists(layout.summary(run_id)) and dst.read_json(layout.summary(run_id))["status"] == "complete"
+def record_settings(dst: Folder, config: JobConfig, weights_sha256: str | None) -> None:
+    """Store the settings that guard `dst`, once the model has loaded and the plan is written.
+
+    The weights' digest is known only now: the same model path can hold retrained weights,
+    and a resume with them would mix two models' outputs.
+    """
+    wanted = {**config.fingerprint(), WEIGHTS_FIELD: weights_sha256}
+    stored = stored_settings(dst)
+    if stored is not None:
+        diffs = setting_differences(stored, wanted)
+        if diffs and any(True for _ in committed_shards(dst)):
+            raise DestinationMismatch(
+                f"{config.dst} holds outputs made with different settings ({', '.join(diffs)}). "
+                "Write to a new destination, or delete this one to start over.")
+        if not diffs and stored.keys() >= wanted.keys() and stored.get(WEIGHTS_FIELD) is not None:
+            return
+    blob = json.dumps(wanted, sort_keys=True).encode()
+    dst.write_json(layout.JOB, {"fingerprint": wanted,
+                                "fingerprint_hash": hashlib.sha256(blob).hexdigest()[:16]})
+
+
+def discard_run(dst: Folder, run_id: str) -> None:
+    """Delete what a run without a committed shard wrote: its record, plan and the files of
+    shards that never committed, so that nothing of it is left for a plain glob to read."""
+    for prefix in layout.run_prefixes(run_id):
+        dst.delete(prefix)
+
+
+def session_outcome(dst: Folder, run_id: str) -> str | None:
+    """How the run's last session ended: "complete", "failed" (it ran every shard and some
+    ran out of attempts), or None when no session ended (killed, still running)."""
+    if not dst.exists(layout.summary(run_id)):
+        return None
+    summary = dst.read_json(layout.summary(run_id))
+    if summary["status"] == "complete":
+        return "complete"
+    shards = summary["shards"]
+    return "failed" if shards["committed"] + shards["failed"] == shards["planned"] else None
+
+
+def source_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings that decide what a run plans, with a folder's trailing "/" dropped."""
+    out = {k: config.get(k) for k in SOURCE_FIELDS}
+    out["src"] = "::".join(part.strip().rstrip("/") for part in str(out["src"]).split("::"))
+    return out
 
 
 def prepare_run(dst: Folder, config: JobConfig, source: Any) -> RunState:
-    """Resume the latest unfinished run, or start a new one (first run, or --incremental)."""
+    """The run this invocation works on: the latest run, resumed, or a new one.
+
+    - An unfinished latest run (killed, or interrupted while planning) is resumed as it was
+      recorded, `--incremental` or not, whatever the flags say now.
+    - `--incremental` starts a new run once the latest run's session has ended, even with
+      failed shards: the new run plans every image not committed yet, the failed shards'
+      images among them, so one bad shard cannot stop a nightly job.
+    - Without it, a run that ended is resumed: failed shards are retried, a complete run
+      does nothing. Another source is refused, since it would silently annotate nothing.
+    """
     runs = list_runs(dst)
-    if runs and not (config.incremental and run_complete(dst, runs[-1])):
-        run_id = runs[-1]
-        record = dst.read_json(layout.run_record(run_id))
-    else:
-        run_id = f"{len(runs) + 1:05d}"
-        record = {"run_id": run_id, "started_at": datetime.now(timezone.utc).isoformat(),
-                  "config": config.to_dict(), "incremental": config.incremental}
-        dst.write_json(layout.run_record(run_id), record)
+    if runs:
+        latest = runs[-1]
+        record = dst.read_json(layout.run_record(latest))
+        ended = session_outcome(dst, latest)
+        if not (config.incremental and ended is not None):
+            if source_of(record["config"]) != source_of(config.to_dict()):
+                if ended != "complete" and not dst.list(f"{layout.run_dir(latest)}/commits"):
+                    log.warning("run %s of %s committed nothing and was planned from another "
+                                "source; it is planned again", latest, config.dst)
+                    discard_run(dst, latest)
+                    return prepare_run(dst, config, source)
+                raise DestinationMismatch(_other_source(config, latest, record, ended))
+            return _open_run(dst, config, source, record)
+    record = {"run_id": f"{len(runs) + 1:05d}", "started_at": datetime.now(timezone.utc).isoformat(),
+              "config": config.to_dict(), "incremental": config.incremental}
+    dst.write_json(layout.run_record(record["run_id"]), record)
+    return _open_run(dst, config, source, record)
+
+
+def _open_run(dst: Folder, config: JobConfig, source: Any, record: dict[str, Any]) -> RunState:
+    run_id, incremental = record["run_id"], bool(record.get("incremental", False))
     run = RunContext(run_id, datetime.fromisoformat(record["started_at"]), config.model,
                      config.revision, config.task)
     plan = read_plan(dst, run_id)
     if plan is None:
-        skip = seen_filter(dst) if config.incremental else None
-        plan = write_plan(source, dst, run_id, config.shard_size, skip=skip)
-    return RunState(run, plan)
+        # The recorded shard size, so that a plan redone after an interruption is the same plan.
+        shard_size = int(record["config"].get("shard_size") or config.shard_size)
+        skip = seen_filter(dst) if incremental else None
+        plan = write_plan(source, dst, run_id, shard_size, skip=skip)
+    return RunState(run, plan, incremental)
+
+
+def _other_source(config: JobConfig, run_id: str, record: dict[str, Any], ended: str | None) -> str:
+    before = redact_uri(str(record["config"].get("src")))
+    now = redact_uri(config.src)
+    if ended is None or ended == "failed":
+        return (f"run {run_id} of {config.dst} is unfinished and was planned from {before}, not "
+                f"{now}. Run it again with SRC {before} to finish it (add --incremental to then "
+                "start a new run), or write to another destination.")
+    return (f"{config.dst} was annotated from {before}, not {now}. To annotate the images of "
+            f"{now} that it does not hold yet, as a new run, add --incremental; or write to "
+            "another destination.")
 
 
 def annotate(config: JobConfig) -> dict[str, Any]:
@@ -93,8 +198,11 @@ def annotate(config: JobConfig) -> dict[str, Any]:
     dst = Folder(config.dst, config.storage_options)
     source = open_source(config.src, source_format=config.source_format,
                          storage_options=config.storage_options, image_column=config.image_column,
-                         uri_column=config.uri_column, id_column=config.id_column)
-    guard_destination(dst, config)
+                         uri_column=config.uri_column, id_column=config.id_column,
+                         max_image_bytes=config.max_image_bytes,
+                         allow_uri_schemes=config.uri_schemes,
+                         allow_private_hosts=config.allow_private_hosts)
+    check_settings(dst, config)
     state = prepare_run(dst, config, source)
     run_id = state.run.run_id
     # Markers of shards committed by earlier sessions of this run: read once, for the progress
@@ -115,16 +223,26 @@ def annotate(config: JobConfig) -> dict[str, Any]:
         overlap_mask_area_threshold=config.overlap_mask_area_threshold,
         allow_pickle_weights=config.allow_pickle_weights, storage_options=config.storage_options)
     spec = WorkerSpec(source, segmenter, dst, state.run, config.batch_size, config.read_threads,
-                      config.max_image_pixels, torch_threads=cpu_threads_per_worker(num_workers),
-                      fault=_fault_shard())
+                      config.max_image_pixels,
+                      torch_threads=cpu_threads_per_worker(num_workers, config.gpus_per_worker),
+                      read_timeout=config.read_timeout, fault=_fault_shard())
     pool = ShardPool(spec, num_workers=num_workers, gpus_per_worker=config.gpus_per_worker,
-                     cpus_per_worker=config.cpus_per_worker, max_attempts=config.max_attempts)
+                     cpus_per_worker=config.cpus_per_worker, max_attempts=config.max_attempts,
+                     shard_timeout=config.shard_timeout, node_wait=config.node_wait)
     done_images = sum(m["images"] for m in earlier.values())
     progress = Progress(total=state.plan.num_images, initial=done_images,
                         enabled=config.progress, stream=sys.stderr)
+
+    def loaded(workers: list[dict[str, Any]]) -> None:
+        digests = {w["weights_sha256"] for w in workers}
+        if len(digests) > 1:
+            raise DestinationMismatch(f"workers loaded different weights for {config.model}: "
+                                      "the model's files differ between nodes")
+        record_settings(dst, config, digests.pop())
+
     with progress:
-        result = pool.run(todo, progress.update)
-    if config.incremental:
+        result = pool.run(todo, progress.update, on_ready=loaded)
+    if state.incremental:
         write_superseded(dst, run_id, state.run.created_at)
     write_merged_panoptic(dst)
     summary = _summarize(config, state, earlier, result, started, progress)
@@ -162,6 +280,8 @@ def _summarize(config: JobConfig, state: RunState, earlier: dict[str, dict[str, 
                    "failed": len(result.failed)},
         "failed_shards": result.failed,
         "images": images, "planned_images": state.plan.num_images,
+        # Listed keys that were not planned, by reason (see sources.base.SKIP_REASONS).
+        "skipped": state.plan.skipped,
         "annotated": sum(m["annotated"] for m in markers), "errors": errors,
         "segments": sum(m["segments"] for m in markers),
         "error_rate": errors / images if images else 0.0,

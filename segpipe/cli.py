@@ -61,8 +61,9 @@ def add_job_options(p: argparse.ArgumentParser, *, required: bool = True) -> Non
     g.add_argument("--num-workers", type=int, default=S, help="Ray actors to run (default: one "
                    "per GPU; on a cluster without GPUs, one per 8 CPUs)")
     g.add_argument("--gpus-per-worker", type=float, default=S,
-                   help="GPUs each worker declares, fractions allowed (1)")
-    g.add_argument("--cpus-per-worker", type=float, default=S, help="CPUs each worker declares (1)")
+                   help="GPUs each worker declares, fractions allowed; 0: workers run on the CPU (1)")
+    g.add_argument("--cpus-per-worker", type=float, default=S,
+                   help="CPUs each worker declares; 0: Ray reserves none (1)")
     g.add_argument("--max-attempts", type=int, default=S,
                    help="attempts per shard before it is recorded as failed (3)")
     g.add_argument("--max-error-rate", type=float, default=S, help="fail the job when more than "
@@ -71,8 +72,18 @@ def add_job_options(p: argparse.ArgumentParser, *, required: bool = True) -> Non
                    "local Ray)")
     g.add_argument("--read-threads", type=int, default=S,
                    help="concurrent object reads per worker (8)")
+    g.add_argument("--read-timeout", type=float, default=S, help="seconds one image's read may "
+                   "take; a read that outlasts it is an errors row (300)")
+    g.add_argument("--shard-timeout", type=float, default=S, help="seconds a shard may take on "
+                   "its worker before the worker is replaced and the shard retried (default: no "
+                   "limit, since a healthy shard's time depends on its size, model and hardware)")
+    g.add_argument("--node-wait", type=float, default=S, help="seconds to wait, when no node "
+                   "can host any worker (a lost GPU node), for one to join before failing (600)")
     g.add_argument("--max-image-pixels", type=int, default=S,
                    help="decompression-bomb limit: larger images become errors (89478485)")
+    g.add_argument("--max-image-bytes", type=int, default=S,
+                   help="largest image file read; a bigger one becomes an errors row without "
+                   "being read whole (268435456, 256 MiB)")
     g.add_argument("--incremental", action="store_true", default=S,
                    help="annotate only images not yet annotated at DST, as a new run")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=S,
@@ -83,6 +94,13 @@ def add_job_options(p: argparse.ArgumentParser, *, required: bool = True) -> Non
     g.add_argument("--image-column", default=S, help="Parquet source: column of image bytes")
     g.add_argument("--uri-column", default=S, help="Parquet/CSV source: column of image URIs")
     g.add_argument("--id-column", default=S, help="Parquet source: column carried as the row's id")
+    g.add_argument("--allow-uri-schemes", default=S, metavar="SCHEMES",
+                   help="manifest or URI table: more schemes its URIs may use, comma-separated "
+                   "(e.g. http,file); by default only the list's own storage's, s3, gs, https, "
+                   "and local files for a local list")
+    g.add_argument("--allow-private-hosts", action="store_true", default=S,
+                   help="manifest or URI table: let http(s) URIs reach loopback, private and "
+                   "link-local addresses (such as the cloud metadata service); refused by default")
     g.add_argument("--storage-options", type=_json_object, default=S,
                    help="JSON object of fsspec options for SRC and DST, over the standard AWS "
                    "environment and config files (e.g. '{\"endpoint_url\": \"http://...\"}')")
@@ -200,6 +218,10 @@ def _print_outputs(dst: str, summary: dict[str, Any]) -> None:
     print(f"run {summary['run_id']}: {summary['images']} images, {summary['annotated']} annotated, "
           f"{summary['errors']} errors, {summary['segments']} segments "
           f"({summary['images_per_s']} images/s)")
+    if summary.get("skipped"):
+        from segpipe.sources.base import describe_skipped
+
+        print(f"  skipped:       {describe_skipped(summary['skipped'])} (listed, not planned)")
     print(f"  COCO panoptic: {root}/panoptic.json  (PNGs in {root}/panoptic/)")
     print(f"  tables:        {root}/tables/segments/  {root}/tables/images/  {root}/tables/errors/")
     print(f"  run summary:   {root}/_segpipe/runs/{summary['run_id']}/summary.json")
@@ -293,11 +315,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI's one place that turns errors into messages
-        from segpipe.storage import redact
+        from segpipe.storage import describe_error, redact
 
         if args.verbose:
             raise
-        print(f"segpipe {args.command}: error: {redact(str(exc))}", file=sys.stderr)
+        print(f"segpipe {args.command}: error: {redact(describe_error(exc))}", file=sys.stderr)
         return 1
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,9 +15,68 @@ DTYPES = ("fp32", "bf16", "fp16")
 
 # Fields that change what the outputs contain; a destination refuses a run that differs.
 FINGERPRINT_FIELDS = (
-    "model", "revision", "task", "label_map", "threshold", "mask_threshold",
+    "model", "revision", "dtype", "task", "label_map", "threshold", "mask_threshold",
     "overlap_mask_area_threshold", "source_format",
 )
+
+
+def flag_of(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _number(flag: str, value: Any, *, integer: bool = False) -> float:
+    """`value` if it is a finite number (an integer where one is wanted), else a clear error."""
+    wanted = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, wanted) or not math.isfinite(value):
+        raise ValueError(f"{flag} must be {'an integer' if integer else 'a number'}, not {value!r}")
+    return value
+
+
+def check_count(flag: str, value: Any) -> None:
+    if _number(flag, value, integer=True) < 1:
+        raise ValueError(f"{flag} must be at least 1, not {value}")
+
+
+def check_resource(flag: str, value: Any) -> None:
+    if _number(flag, value) < 0:
+        raise ValueError(f"{flag} must be 0 or more, not {value}")
+
+
+def check_share(flag: str, value: Any) -> None:
+    if not 0 <= _number(flag, value) <= 1:
+        raise ValueError(f"{flag} must be between 0 and 1, not {value}")
+
+
+def check_timeout(flag: str, value: Any) -> None:
+    if _number(flag, value) <= 0:
+        raise ValueError(f"{flag} must be more than 0 seconds, not {value}")
+
+
+def schemes_in(text: str) -> tuple[str, ...]:
+    """The URI schemes of a comma-separated list ("http, file"), in lower case."""
+    return tuple(part.strip().lower() for part in text.split(",") if part.strip())
+
+
+def check_schemes(flag: str, value: Any) -> None:
+    if not isinstance(value, str) or not all(
+            re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme) for scheme in schemes_in(value)):
+        raise ValueError(f"{flag} must be URI schemes separated by commas, such as "
+                         f"http,file; not {value!r}")
+
+
+# Every numeric field and its rule. Zero, where allowed, means: --gpus-per-worker, the worker
+# takes no GPU and runs on the CPU; --cpus-per-worker, Ray reserves no CPU for it.
+NUMERIC_CHECKS = {
+    "batch_size": check_count, "shard_size": check_count, "num_workers": check_count,
+    "max_attempts": check_count, "read_threads": check_count, "max_image_pixels": check_count,
+    "max_image_bytes": check_count,
+    "gpus_per_worker": check_resource, "cpus_per_worker": check_resource,
+    "max_error_rate": check_share, "threshold": check_share, "mask_threshold": check_share,
+    "overlap_mask_area_threshold": check_share,
+    "read_timeout": check_timeout, "shard_timeout": check_timeout, "node_wait": check_timeout,
+}
+# Numeric fields that may be unset (None): a default decided elsewhere, or no limit.
+OPTIONAL_NUMBERS = frozenset({"num_workers", "threshold", "shard_timeout"})
 
 
 @dataclass(frozen=True)
@@ -40,13 +101,22 @@ class JobConfig:
     image_column: str | None = None
     uri_column: str | None = None
     id_column: str | None = None
+    # What the URIs of a manifest or URI table may reach beyond the defaults (sources.policy).
+    allow_uri_schemes: str = ""  # comma-separated, as the flag takes them: "http,file"
+    allow_private_hosts: bool = False
     label_map: str | None = None
     threshold: float | None = None
     mask_threshold: float = 0.5
     overlap_mask_area_threshold: float = 0.8
     allow_pickle_weights: bool = False
     max_image_pixels: int = 89_478_485  # Pillow's own default decompression-bomb limit
+    max_image_bytes: int = 256 * 2**20  # a bigger image file is an errors row, never read whole
     read_threads: int = 8
+    read_timeout: float = 300.0  # seconds one image's read may take before it is an errors row
+    # Seconds a shard may take on its worker; off by default, since a healthy shard's time
+    # grows with its size, the model and the hardware, and each read has its own timeout.
+    shard_timeout: float | None = None
+    node_wait: float = 600.0  # seconds a job waits for a node that can host a worker
     incremental: bool = False
     progress: bool = True
 
@@ -55,13 +125,16 @@ class JobConfig:
             raise ValueError(f"--task must be one of {', '.join(TASKS)}, not {self.task!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
-        for name in ("batch_size", "shard_size", "max_attempts", "read_threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.num_workers is not None and self.num_workers < 1:
-            raise ValueError("--num-workers must be at least 1")
-        if not 0 <= self.max_error_rate <= 1:
-            raise ValueError("--max-error-rate must be between 0 and 1")
+        for name, check in NUMERIC_CHECKS.items():
+            value = getattr(self, name)
+            if value is not None or name not in OPTIONAL_NUMBERS:
+                check(flag_of(name), value)
+        check_schemes("--allow-uri-schemes", self.allow_uri_schemes)
+
+    @property
+    def uri_schemes(self) -> tuple[str, ...]:
+        """The schemes `allow_uri_schemes` adds."""
+        return schemes_in(self.allow_uri_schemes)
 
     def fingerprint(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in FINGERPRINT_FIELDS}

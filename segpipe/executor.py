@@ -1,8 +1,10 @@
 """The Ray layer: a pool of shard workers, each pinned to its GPU (or CPU share).
 
 The driver hands a shard to whichever worker has room, so faster workers take more.
-A worker that dies loses nothing: its shards go back in the queue and the pool
-starts a replacement. Knows nothing of models; it runs `pipeline.process_shard`.
+A worker that dies (or its node) loses nothing: its shards go back in the queue and the
+pool starts a replacement; one that holds a shard past `--shard-timeout` is killed and
+replaced the same way. When no node can host any worker, the pool waits `--node-wait`
+for one to join. Knows nothing of models; it runs `pipeline.process_shard`.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import json
 import logging
 import os
 import threading
+import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,21 +30,38 @@ from segpipe.writer import RunContext
 
 log = logging.getLogger(__name__)
 
-# Env vars workers must share with the driver: storage endpoints, regions, profiles. Secrets
-# are not forwarded: a runtime env is visible on the dashboard. A local Ray's workers inherit
-# the driver's environment anyway; a remote cluster's workers use their own credentials.
-FORWARDED_ENV_PREFIXES = ("AWS_", "SEGPIPE_", "HF_", "TRANSFORMERS_", "FSSPEC_")
-NEVER_FORWARDED = frozenset({"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-                             "AWS_ACCESS_KEY_ID", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"})
+# Env vars workers get from the driver, by name: storage endpoints, regions, profile names,
+# retry settings, model caches. An allow-list, since a runtime env is written to Ray's logs
+# and shown on its dashboard, and a new variable may hold a secret (FSSPEC_S3_SECRET, a
+# container's token). A local Ray's workers inherit the driver's environment anyway; a remote
+# cluster's workers use their own credentials (an instance role, a mounted secret).
+FORWARDED_ENV = frozenset({
+    "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE", "AWS_CA_BUNDLE", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE",
+    "AWS_USE_FIPS_ENDPOINT", "AWS_USE_DUALSTACK_ENDPOINT", "AWS_S3_US_EAST_1_REGIONAL_ENDPOINT",
+    "AWS_STS_REGIONAL_ENDPOINTS", "AWS_EC2_METADATA_DISABLED",
+    "FSSPEC_CONFIG_DIR", "FSSPEC_S3_ENDPOINT_URL",
+    "HF_ENDPOINT", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_HUB_ETAG_TIMEOUT",
+    "HF_HUB_DOWNLOAD_TIMEOUT", "HF_HUB_DISABLE_TELEMETRY", "TRANSFORMERS_OFFLINE",
+    "TRANSFORMERS_CACHE", "SEGPIPE_CACHE",
+})
+FORWARDED_ENV_PREFIXES = ("AWS_ENDPOINT_URL_",)  # per-service endpoints: AWS_ENDPOINT_URL_S3
 SHARDS_IN_FLIGHT_PER_WORKER = 2  # one running, one reading ahead
+POLL_SECONDS = 1.0  # how often the driver looks at deadlines (shard timeouts, node wait)
+NODE_WAIT_NOTICE_SECONDS = 10.0  # a worker not placed by then: say that the job waits
+
+
+def forwarded_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables of `environ` that workers get: those the allow-list names, no others."""
+    return {k: v for k, v in environ.items()
+            if k in FORWARDED_ENV or k.startswith(FORWARDED_ENV_PREFIXES)}
 
 
 def init_ray(address: str | None) -> None:
     """Join `address` (or RAY_ADDRESS), else start a local Ray; workers get our storage env."""
     if ray.is_initialized():
         return
-    env = {k: v for k, v in os.environ.items()
-           if k.startswith(FORWARDED_ENV_PREFIXES) and k not in NEVER_FORWARDED}
+    env = forwarded_env(os.environ)
     # Inside a Ray job the job's own runtime env already reaches every worker, and Ray refuses
     # a driver runtime env that sets one of its variables again.
     job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
@@ -68,6 +88,7 @@ class WorkerSpec:
     read_threads: int
     max_pixels: int
     torch_threads: int | None = None
+    read_timeout: float | None = None  # seconds per image read; None: no limit
     fault: str | None = None  # test hook: a shard id that always fails, named in SEGPIPE_FAULT_SHARD
 
 
@@ -81,6 +102,10 @@ class ShardWorker:
         self.model_lock = threading.Lock()
         self.metrics = _WorkerMetrics()
 
+    def node(self) -> str:
+        """Answers as soon as the actor runs: the pool's sign that a node could host it."""
+        return ray.get_runtime_context().get_node_id()
+
     def ready(self) -> dict[str, Any]:
         import torch
 
@@ -88,7 +113,8 @@ class ShardWorker:
             torch.set_num_threads(self.spec.torch_threads)
         loaded = self.spec.segmenter.setup()
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
-                "device": str(loaded.device), "gpu_ids": ray.get_gpu_ids()}
+                "device": str(loaded.device), "gpu_ids": ray.get_gpu_ids(),
+                "weights_sha256": loaded.weights_sha256}
 
     def process(self, shard_id: str, attempt: int) -> dict[str, Any]:
         from segpipe.pipeline import process_shard
@@ -100,7 +126,8 @@ class ShardWorker:
         marker = process_shard(
             shard, source=spec.source, segmenter=spec.segmenter, dst=spec.dst, run=spec.run,
             batch_size=spec.batch_size, attempt=attempt, read_threads=spec.read_threads,
-            max_pixels=spec.max_pixels, model_lock=self.model_lock,
+            max_pixels=spec.max_pixels, read_timeout=spec.read_timeout,
+            model_lock=self.model_lock,
         )
         self.metrics.record(marker)
         marker["pid"] = os.getpid()
@@ -150,28 +177,57 @@ def cluster_resources() -> tuple[float, float]:
     return float(res.get("CPU", 0)), float(res.get("GPU", 0))
 
 
-def cpu_threads_per_worker(num_workers: int) -> int | None:
-    """On a cluster without GPUs, each worker's torch gets its share of the CPUs (Ray would
-    otherwise pin it to the one CPU it declares) less one core, which the worker's reading,
-    post-processing and writing threads need beside the forward; with GPUs, torch's default
-    is right."""
+def cpu_threads_per_worker(num_workers: int, gpus_per_worker: float = 1.0) -> int | None:
+    """On a cluster without GPUs (or with workers that take none), each worker's torch gets
+    its share of the CPUs (Ray would otherwise pin it to the one CPU it declares) less one
+    core, which the worker's reading, post-processing and writing threads need beside the
+    forward; with GPUs, torch's default is right."""
     cpus, gpus = cluster_resources()
-    return None if gpus > 0 else max(1, int(cpus // num_workers) - 1)
+    return None if gpus > 0 and gpus_per_worker > 0 else max(1, int(cpus // num_workers) - 1)
 
 
 def default_num_workers(gpus_per_worker: float) -> int:
-    cpus, gpus = cluster_resources()
-    if gpus > 0:
+    return workers_for(*cluster_resources(), gpus_per_worker=gpus_per_worker)
+
+
+def workers_for(cpus: float, gpus: float, *, gpus_per_worker: float) -> int:
+    """One worker per `gpus_per_worker` GPUs; workers that take no GPU run on the CPU."""
+    if gpus > 0 and gpus_per_worker > 0:
         return max(1, int(gpus // gpus_per_worker))
     # On CPU each worker runs torch on several threads; a few fat workers beat many thin ones.
     return max(1, int(cpus // 8))
 
 
+class NoNodeAvailable(RuntimeError):
+    """No node can host a worker, and none joined within --node-wait."""
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One worker of the pool, and how far it got: placed on a node, then its model loaded."""
+
+    actor: Any
+    placing: Any  # the ref of `node()` until the actor runs on a node, then None
+    loading: Any  # the ref of `ready()` until the model has loaded, then None
+    loaded: dict[str, Any] | None = None
+    load: int = 0  # shards in flight
+    deaths_before_load: int = 0  # of the workers before it in this place, in a row
+
+
+@dataclass(frozen=True, eq=False)
+class _Task:
+    slot: _Slot
+    shard_id: str
+    attempt: int
+    started: float  # monotonic time it was handed to the worker
+
+
 class ShardPool:
-    """Runs shard ids to commit or to failure, replacing dead workers."""
+    """Runs shard ids to commit or to failure, replacing dead and hung workers."""
 
     def __init__(self, spec: WorkerSpec, *, num_workers: int, gpus_per_worker: float,
-                 cpus_per_worker: float, max_attempts: int) -> None:
+                 cpus_per_worker: float, max_attempts: int, shard_timeout: float | None = None,
+                 node_wait: float = 600.0) -> None:
         _, gpus = cluster_resources()
         self.spec = spec
         self.num_workers = num_workers
@@ -179,64 +235,184 @@ class ShardPool:
                         "num_cpus": cpus_per_worker,
                         "max_concurrency": SHARDS_IN_FLIGHT_PER_WORKER}
         self.max_attempts = max_attempts
+        self.shard_timeout = shard_timeout
+        self.node_wait = node_wait
 
-    def _start_worker(self) -> Any:
-        return ShardWorker.options(**self.options).remote(self.spec)
+    def start_worker(self) -> _Slot:
+        actor = ShardWorker.options(**self.options).remote(self.spec)
+        return _Slot(actor, actor.node.remote(), actor.ready.remote())
 
-    def run(self, shard_ids: list[str], on_commit: Callable[[dict[str, Any]], None]) -> PoolResult:
+    def worker_needs(self) -> str:
+        gpus, cpus = self.options["num_gpus"], self.options["num_cpus"]
+        return f"{gpus:g} GPU(s) and {cpus:g} CPU(s)" if gpus else f"{cpus:g} CPU(s)"
+
+    def run(self, shard_ids: list[str], on_commit: Callable[[dict[str, Any]], None], *,
+            on_ready: Callable[[list[dict[str, Any]]], None] | None = None) -> PoolResult:
+        """`on_ready` sees what the workers loaded, before the first shard starts and again
+        whenever another worker has loaded (a late or replacement one) before it takes a
+        shard; it may stop the job by raising."""
         result = PoolResult()
         if not shard_ids:
             return result
-        workers = [self._start_worker() for _ in range(min(self.num_workers, len(shard_ids)))]
-        # Load the model everywhere first: a model that cannot load fails the job once, clearly.
-        ray.get([w.ready.remote() for w in workers])
-        pending: deque[tuple[str, int]] = deque((sid, 1) for sid in shard_ids)
-        in_flight: dict[Any, tuple[int, str, int]] = {}
-        load = [0] * len(workers)
-
-        def retry_or_fail(sid: str, attempt: int, error: str) -> None:
-            if attempt >= self.max_attempts:
-                result.failed[sid] = error
-                log.error("shard %s failed after %d attempt(s): %s", sid, attempt, error)
-            else:
-                pending.append((sid, attempt + 1))
-
-        while pending or in_flight:
-            for idx, worker in enumerate(workers):
-                while pending and load[idx] < SHARDS_IN_FLIGHT_PER_WORKER:
-                    sid, attempt = pending.popleft()
-                    in_flight[worker.process.remote(sid, attempt)] = (idx, sid, attempt)
-                    load[idx] += 1
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=5.0)
-            for ref in ready:
-                idx, sid, attempt = in_flight.pop(ref)
-                load[idx] -= 1
-                try:
-                    marker = ray.get(ref)
-                except RayActorError as exc:
-                    # The worker process is gone: every shard it held goes back in the queue.
-                    log.warning("worker %d died (%s); replacing it", idx, type(exc).__name__)
-                    retry_or_fail(sid, attempt, redact(f"worker died: {exc}"))
-                    for other, (o_idx, o_sid, o_attempt) in list(in_flight.items()):
-                        if o_idx == idx:
-                            del in_flight[other]
-                            retry_or_fail(o_sid, o_attempt, "worker died")
-                    load[idx] = 0
-                    workers[idx] = self._start_worker()
-                    result.workers_replaced += 1
-                    continue
-                except (RayTaskError, GetTimeoutError) as exc:
-                    log.debug("shard %s attempt %d failed", sid, attempt, exc_info=exc)
-                    retry_or_fail(sid, attempt, redact(_task_error_message(exc)))
-                    continue
-                result.committed[sid] = marker
-                on_commit(marker)
-        for worker in workers:
-            ray.kill(worker, no_restart=True)
+        dispatch = _Dispatch(self, shard_ids, result, on_commit, on_ready)
+        try:
+            dispatch.run()
+        finally:
+            dispatch.stop()
         return result
+
+
+class _Dispatch:
+    """One `ShardPool.run`: the queue of shards, the workers, and what each one holds."""
+
+    def __init__(self, pool: ShardPool, shard_ids: list[str], result: PoolResult,
+                 on_commit: Callable[[dict[str, Any]], None],
+                 on_ready: Callable[[list[dict[str, Any]]], None] | None) -> None:
+        self.pool = pool
+        self.result = result
+        self.on_commit = on_commit
+        self.on_ready = on_ready
+        self.queue: deque[tuple[str, int]] = deque((sid, 1) for sid in shard_ids)
+        self.tasks: dict[Any, _Task] = {}
+        self.slots = [pool.start_worker() for _ in range(min(pool.num_workers, len(shard_ids)))]
+        self.unplaced_since: float | None = time.monotonic()
+        self.told_waiting = False
+
+    def run(self) -> None:
+        while self.queue or self.tasks:
+            self.hand_out()
+            watched: dict[Any, _Slot | _Task] = dict(self.tasks)
+            for slot in self.slots:
+                for ref in (slot.placing, slot.loading):
+                    if ref is not None:
+                        watched[ref] = slot
+            done, _ = ray.wait(list(watched), num_returns=1, timeout=POLL_SECONDS)
+            for ref in done:
+                what = watched[ref]
+                if isinstance(what, _Task):
+                    if ref in self.tasks:
+                        self.finish_task(ref, what)
+                elif what in self.slots:
+                    self.advance_worker(ref, what)
+            self.give_up_on_late_shards()
+            self.check_nodes()
+
+    def hand_out(self) -> None:
+        for slot in self.slots:
+            while self.queue and slot.loaded is not None and slot.load < SHARDS_IN_FLIGHT_PER_WORKER:
+                sid, attempt = self.queue.popleft()
+                ref = slot.actor.process.remote(sid, attempt)
+                self.tasks[ref] = _Task(slot, sid, attempt, time.monotonic())
+                slot.load += 1
+
+    def advance_worker(self, ref: Any, slot: _Slot) -> None:
+        """A worker got placed or loaded its model. A model that cannot load, or a worker
+        that cannot start, raises here: the job fails once, clearly."""
+        try:
+            value = ray.get(ref)
+        except RayActorError as exc:
+            if exc.actor_init_failed:
+                raise
+            if slot.deaths_before_load + 1 >= self.pool.max_attempts:
+                raise RuntimeError(f"{slot.deaths_before_load + 1} worker(s) in a row died before "
+                                   f"their model loaded: {redact(str(exc))}") from exc
+            log.warning("a worker died before its model loaded (%s); replacing it",
+                        type(exc).__name__)
+            self.replace(slot)
+            return
+        if ref is slot.placing:
+            slot.placing = None
+            return
+        slot.placing = slot.loading = None
+        slot.loaded = value
+        if self.on_ready is not None:
+            self.on_ready([s.loaded for s in self.slots if s.loaded is not None])
+
+    def finish_task(self, ref: Any, task: _Task) -> None:
+        del self.tasks[ref]
+        task.slot.load -= 1
+        try:
+            marker = ray.get(ref)
+        except RayActorError as exc:
+            # The worker process (or its node) is gone: every shard it held goes back in the queue.
+            log.warning("a worker died (%s); replacing it", type(exc).__name__)
+            self.retry_or_fail(task, redact(f"worker died: {exc}"))
+            self.replace(task.slot, error="worker died")
+            return
+        except (RayTaskError, GetTimeoutError) as exc:
+            log.debug("shard %s attempt %d failed", task.shard_id, task.attempt, exc_info=exc)
+            self.retry_or_fail(task, redact(_task_error_message(exc)))
+            return
+        self.result.committed[task.shard_id] = marker
+        self.on_commit(marker)
+
+    def give_up_on_late_shards(self) -> None:
+        """A shard past --shard-timeout is retried, and its worker killed: a thread stuck in
+        a read or a device call cannot be cancelled otherwise."""
+        timeout = self.pool.shard_timeout
+        if timeout is None:
+            return
+        now = time.monotonic()
+        for ref, task in list(self.tasks.items()):
+            if ref not in self.tasks or now - task.started <= timeout:
+                continue  # gone with a worker replaced a moment ago, or still in time
+            log.warning("shard %s attempt %d took over %g s (--shard-timeout); replacing its "
+                        "worker", task.shard_id, task.attempt, timeout)
+            del self.tasks[ref]
+            self.retry_or_fail(task, f"no result within {timeout:g} s (--shard-timeout)")
+            self.replace(task.slot)
+
+    def replace(self, slot: _Slot, *, error: str | None = None) -> None:
+        """Kill `slot`'s worker and start another in its place. The shards it still holds go
+        back in the queue: as failed attempts with `error`, or, without one, as they were
+        (they only shared the worker with a shard that timed out)."""
+        ray.kill(slot.actor, no_restart=True)
+        for ref, task in list(self.tasks.items()):
+            if task.slot is slot:
+                del self.tasks[ref]
+                if error is None:
+                    self.queue.appendleft((task.shard_id, task.attempt))
+                else:
+                    self.retry_or_fail(task, error)
+        successor = self.pool.start_worker()
+        if slot.loaded is None:
+            successor.deaths_before_load = slot.deaths_before_load + 1
+        self.slots[self.slots.index(slot)] = successor
+        self.result.workers_replaced += 1
+
+    def retry_or_fail(self, task: _Task, error: str) -> None:
+        if task.attempt >= self.pool.max_attempts:
+            self.result.failed[task.shard_id] = error
+            log.error("shard %s failed after %d attempt(s): %s", task.shard_id, task.attempt, error)
+        else:
+            self.queue.append((task.shard_id, task.attempt + 1))
+
+    def check_nodes(self) -> None:
+        """Wait, up to --node-wait, while no worker has found a node; then fail clearly."""
+        if any(slot.placing is None for slot in self.slots):
+            self.unplaced_since, self.told_waiting = None, False
+            return
+        now = time.monotonic()
+        self.unplaced_since = self.unplaced_since or now
+        waited = now - self.unplaced_since
+        kind = "a GPU" if self.pool.options["num_gpus"] else "free CPUs"
+        if waited > self.pool.node_wait:
+            raise NoNodeAvailable(
+                f"no node with {kind} is available for a worker (each declares "
+                f"{self.pool.worker_needs()}); none joined within --node-wait "
+                f"{self.pool.node_wait:g} s. Committed shards are kept: add such a node (or "
+                "lower --gpus-per-worker / --cpus-per-worker), then run the same command again.")
+        if waited > NODE_WAIT_NOTICE_SECONDS and not self.told_waiting:
+            self.told_waiting = True
+            log.warning("no node with %s can host a worker now (each declares %s); waiting up "
+                        "to %g s (--node-wait) for one to join", kind, self.pool.worker_needs(),
+                        self.pool.node_wait)
+
+    def stop(self) -> None:
+        for slot in self.slots:
+            ray.kill(slot.actor, no_restart=True)
 
 
 def _task_error_message(exc: BaseException) -> str:
     cause = getattr(exc, "cause", None)
     return f"{type(cause).__name__}: {cause}" if cause is not None else str(exc).splitlines()[-1]
-

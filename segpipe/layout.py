@@ -54,6 +54,16 @@ def summary(run_id: str) -> str:
     return f"{run_dir(run_id)}/summary.json"
 
 
+# Tables partitioned by run (superseded is written once per run, not per shard).
+RUN_TABLES = ("segments", "images", "errors", "superseded")
+
+
+def run_prefixes(run_id: str) -> list[str]:
+    """Every prefix holding a run's files: its metadata, table partitions and PNGs."""
+    return [run_dir(run_id), *(f"tables/{t}/run={run_id}" for t in RUN_TABLES),
+            f"panoptic/{run_id}", f"semantic/{run_id}"]
+
+
 def panoptic_png(run_id: str, image_id: int) -> str:
     """Partitioned by run, so a re-annotated image never overwrites an earlier run's PNG."""
     return f"panoptic/{run_id}/{panoptic_png_key(image_id)}"

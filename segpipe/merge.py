@@ -1,13 +1,13 @@
 """The merged COCO-panoptic file, streamed from committed shards' fragments.
 
 Memory is bounded by one fragment, not by the number of images: the JSON is
-written piece by piece, images first, then annotations.
+written piece by piece, images first, then annotations. The file is replaced only
+once it is complete, so an interrupted merge leaves the previous one in place.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -33,13 +33,8 @@ def write_merged_panoptic(dst: Folder, *, info: dict[str, Any] | None = None) ->
     categories: list[dict[str, Any]] = []
     if shards:
         categories = dst.read_json(layout.fragment(*shards[0]))["categories"]
-    path = dst.path(layout.MERGED_PANOPTIC)
-    tmp = f"{path}.tmp-{os.getpid()}" if dst.is_local else path
-    fs = dst.fs
-    if dst.is_local:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
     count = 0
-    with fs.open(tmp, "w") as out:
+    with dst.open_atomic(layout.MERGED_PANOPTIC) as out:
         out.write('{"info":' + json.dumps(info or {"description": "segpipe pre-labels"}))
         out.write(',"categories":' + json.dumps(categories))
         for section in ("images", "annotations"):
@@ -54,8 +49,6 @@ def write_merged_panoptic(dst: Folder, *, info: dict[str, Any] | None = None) ->
                     count += section == "images"
             out.write("]")
         out.write("}")
-    if dst.is_local:
-        os.replace(tmp, path)
     return count
 
 

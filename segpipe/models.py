@@ -40,6 +40,7 @@ class LoadedModel:
     label_set: LabelSet
     device: torch.device
     dtype: torch.dtype
+    weights_sha256: str | None = None  # of the weight files loaded; None when not found
 
 
 def cache_root() -> Path:
@@ -149,7 +150,51 @@ def load_model(
     if label_map is None and os.path.exists(os.path.join(location, LABELS_FILE)):
         label_map = os.path.join(location, LABELS_FILE)  # a checkpoint that ships its categories
     labels = match_label_set(dict(config.id2label), label_map=label_map, model=shown)
-    return LoadedModel(shown, family, net, processor, labels, torch_device, torch_dtype)
+    digest = weights_digest(_checkpoint_folder(location, revision))
+    return LoadedModel(shown, family, net, processor, labels, torch_device, torch_dtype, digest)
+
+
+# Weight files in the order transformers prefers them; the first kind a folder has is the one
+# it loaded.
+WEIGHT_SUFFIXES = ((".safetensors",), (".bin", ".pt", ".pth"))
+
+
+def _checkpoint_folder(location: str, revision: str | None) -> str | None:
+    """The local folder holding the checkpoint's files: `location` itself, or the hub
+    cache's snapshot that `from_pretrained` just filled."""
+    if os.path.isdir(location):
+        return location
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(location, revision=revision, local_files_only=True)
+    except Exception:  # noqa: BLE001 - no local snapshot: the digest is unknown, not an error
+        return None
+
+
+def weights_digest(folder: str | None) -> str | None:
+    """sha256 over the names and contents of a checkpoint's weight files.
+
+    A model is recorded by its path, and the same path can hold retrained weights; the
+    destination's guard compares this digest, so a resume never mixes two models' outputs.
+    """
+    if folder is None:
+        return None
+    names = sorted(os.listdir(folder))
+    for suffixes in WEIGHT_SUFFIXES:
+        files = [n for n in names if n.endswith(suffixes)]
+        if files:
+            break
+    else:
+        return None
+    total = hashlib.sha256()
+    for name in files:
+        one = hashlib.sha256()
+        with open(os.path.join(folder, name), "rb") as f:
+            while block := f.read(1 << 22):
+                one.update(block)
+        total.update(f"{name}\0{one.hexdigest()}\n".encode())
+    return total.hexdigest()
 
 
 def _load_processor(family: str, location: str, common: dict[str, Any]) -> Any:

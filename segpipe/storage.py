@@ -10,12 +10,15 @@ import errno
 import json
 import os
 import re
+import tempfile
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import fsspec
 from fsspec.core import split_protocol, strip_protocol
@@ -35,6 +38,10 @@ class UnsafeKeyError(ValueError):
 S3_RETRIES: dict[str, Any] = {"mode": "standard", "total_max_attempts": 5}
 # Bounded, so that an endpoint that never answers fails in seconds, not minutes.
 S3_CONNECT_TIMEOUT_S = 10
+# How files being written are named until they are complete: hidden files with this prefix.
+# Only a file's own name is ever matched against it, never a folder above it, so that a
+# destination may be spelled any way at all.
+TEMP_PREFIX = ".segpipe-tmp-"
 
 
 def storage_options_for(url: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -63,7 +70,19 @@ def storage_options_for(url: str, overrides: dict[str, Any] | None = None) -> di
         options["config_kwargs"] = config
     if overrides:
         options.update(overrides)
+    if not is_local_url(url):
+        # fsspec keeps each process's listings (and answers `exists`, `info` and sized
+        # reads from them) with no way to learn what other processes wrote since: a driver
+        # that listed a destination's runs would then miss the fragments and markers its
+        # workers write. Every caller here reads what other processes write (driver and
+        # workers, a run and its resume, `status` beside a running job), so listings are
+        # never cached; it also keeps a big source's listing out of the driver's memory.
+        options["use_listings_cache"] = False
     return options
+
+
+def is_local_url(url: str) -> bool:
+    return split_protocol(url)[0] in (None, "file", "local")
 
 
 def filesystem(url: str, storage_options: dict[str, Any] | None = None,
@@ -106,8 +125,7 @@ class Folder:
 
     @property
     def is_local(self) -> bool:
-        protocol, _ = split_protocol(self.url)
-        return protocol in (None, "file", "local")
+        return is_local_url(self.url)
 
     def path(self, key: str) -> str:
         return f"{self.root}/{check_key(key)}"
@@ -122,25 +140,26 @@ class Folder:
 
     def exists(self, key: str) -> bool:
         fs = self.fs
-        return with_retries(lambda: fs.exists(self.path(key)), what=self.url_of(key))
+        return with_retries(lambda: fs.exists(self.path(key)), what=self.url_of(key),
+                            doing="checking")
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        """Write one whole object. Local writes go through a temp file and rename, so
-        a reader never sees half a file; object stores make a PUT atomic already."""
-        path = self.path(key)
-        fs = self.fs
+        """Write one whole object; a reader sees the old one or the new one, never half."""
         if self.is_local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.tmp-{os.getpid()}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        else:
-            with_retries(lambda: fs.pipe_file(path, data), what=self.url_of(key))
+            with self.open_atomic(key, text=False) as out:
+                out.write(data)
+        else:  # one PUT is atomic already
+            fs, path = self.fs, self.path(key)
+            with_retries(lambda: fs.pipe_file(path, data), what=self.url_of(key), doing="writing")
+
+    def open_atomic(self, key: str, *, text: bool = True) -> AbstractContextManager[IO[Any]]:
+        """A file to stream `key` into, published whole when the block ends without error."""
+        return open_atomic(self.url_of(key), self.storage_options, text=text)
 
     def read_bytes(self, key: str) -> bytes:
         fs = self.fs
-        return with_retries(lambda: fs.cat_file(self.path(key)), what=self.url_of(key))
+        return with_retries(lambda: fs.cat_file(self.path(key)), what=self.url_of(key),
+                            doing="reading")
 
     def write_json(self, key: str, obj: Any) -> None:
         self.write_bytes(key, json.dumps(obj, sort_keys=True, separators=(",", ":")).encode())
@@ -153,18 +172,59 @@ class Folder:
         fs = self.fs
         base = self.path(prefix)
         try:
-            found = with_retries(lambda: fs.find(base), what=self.url_of(prefix))
+            found = with_retries(lambda: fs.find(base), what=self.url_of(prefix), doing="listing")
         except FileNotFoundError:
             return []
         root_len = len(self.root) + 1
-        return sorted(p[root_len:] for p in found
-                      if not p.rsplit("/", 1)[-1].startswith(".") and ".tmp-" not in p)
+        return sorted(p[root_len:] for p in found if is_listed(p.rsplit("/", 1)[-1]))
 
     def delete(self, key: str) -> None:
         fs = self.fs
         path = self.path(key)
         if self.exists(key):
-            with_retries(lambda: fs.rm(path, recursive=True), what=self.url_of(key))
+            with_retries(lambda: fs.rm(path, recursive=True), what=self.url_of(key),
+                         doing="deleting")
+
+
+def is_listed(name: str) -> bool:
+    """Whether a file of this name (its own name, no folder) is listed: hidden files are
+    not, and so neither are files still being written (`TEMP_PREFIX`)."""
+    return not name.startswith(".")
+
+
+@contextmanager
+def open_atomic(url: str, storage_options: dict[str, Any] | None = None, *,
+                text: bool = True) -> Iterator[IO[Any]]:
+    """A file to stream `url` into; `url` changes only once the block ends without error.
+
+    An error or Ctrl-C inside the block leaves whatever was at `url` before. The bytes go
+    to a temporary file first: locally beside `url`, then renamed over it (atomic on one
+    filesystem); for an object store in the local temp folder, then uploaded as one object.
+    Streaming to the store instead would put the half-written object under `url` when an
+    error unwinds (fsspec uploads the buffer on close), and a stream cannot be retried; one
+    upload of a finished file is retried, and s3fs aborts its multipart upload on failure.
+    """
+    fs, path = filesystem(url, storage_options)
+    local = is_local_url(url)
+    folder = os.path.dirname(path) if local else tempfile.gettempdir()
+    os.makedirs(folder, exist_ok=True)
+    # Unique per call, so that threads and processes writing one key never share a file.
+    tmp = os.path.join(folder, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+    try:
+        with _create(tmp, text) as out:
+            yield out
+        if local:
+            os.replace(tmp, path)
+        else:
+            with_retries(lambda: fs.put_file(tmp, path), what=url, doing="uploading")
+    finally:
+        with suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def _create(path: str, text: bool) -> IO[Any]:
+    # "x": never write into a file that someone else has open.
+    return open(path, "x", encoding="utf-8") if text else open(path, "xb")
 
 
 class ParallelWrites:
@@ -261,17 +321,32 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def with_retries(call: Callable[[], T], *, what: str, attempts: int = 6,
-                 base_delay: float = 0.2) -> T:
-    """Run `call`, retrying transient storage errors with exponential backoff."""
+def with_retries(call: Callable[[], T], *, what: str, doing: str = "accessing",
+                 attempts: int = 6, base_delay: float = 0.2) -> T:
+    """Run `call`, retrying transient storage errors with exponential backoff.
+
+    The error that ends it carries a note "while <doing> <what>": a storage library's own
+    message is often the bare path, which says neither what was done nor where.
+    """
     for attempt in range(1, attempts + 1):
         try:
             return call()
         except Exception as exc:  # noqa: BLE001 - classified below
             if attempt == attempts or not is_transient(exc):
+                _add_note(exc, f"while {doing} {redact_uri(what)}")
                 raise
             time.sleep(base_delay * 2 ** (attempt - 1))
     raise AssertionError("unreachable")
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    if note not in getattr(exc, "__notes__", ()):
+        exc.add_note(note)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a person: the exception's type, its message and its notes."""
+    return "; ".join([f"{type(exc).__name__}: {exc}", *getattr(exc, "__notes__", ())])
 
 
 _CREDENTIAL_QUERY = re.compile(

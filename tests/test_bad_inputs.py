@@ -1,4 +1,5 @@
-"""Bad inputs end to end: every image ends annotated or as an errors row naming its URI.
+"""Bad inputs end to end: every image ends annotated or as an errors row naming its URI, and
+every other listed file is counted as skipped.
 
 One job runs over a folder of every kind of bad and odd file (and one over WebDataset
 tars with a corrupt member and a truncated end); the decode checks behind them are
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import struct
 import tarfile
 import zlib
@@ -21,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segpipe.annotate import annotate, guard_destination, prepare_run
+from segpipe.annotate import annotate, check_settings, prepare_run
 from segpipe.cli import main
 from segpipe.config import JobConfig
 from segpipe.decode import decode_image
@@ -31,6 +33,7 @@ from segpipe.storage import Folder
 from tests.outputs import read_id_map, read_panoptic, read_table
 
 MAX_PIXELS = 5000  # the job's decompression-bomb limit: "big.png" is over it, the rest under
+MAX_BYTES = 32 * 1024  # the job's limit of bytes per image: "heavy.jpg" is over it
 
 
 def encode(img: Image.Image, fmt: str, **options: Any) -> bytes:
@@ -110,6 +113,10 @@ def bad_files() -> dict[str, Case]:
         "photo.webp": Case(encode(noise(27, 31, seed=5), "WEBP"), (27, 31)),
         # Listed and planned, then gone before a worker reads it.
         "deleted.jpg": Case(photo, stage="read", reason="No such file or directory"),
+        # A real JPEG, then far more bytes than any image here: refused unread.
+        "heavy.jpg": Case(photo + bytes(MAX_BYTES), stage="read",
+                          reason=f"{len(photo) + MAX_BYTES} bytes, over the limit of "
+                                 f"{MAX_BYTES} bytes per image (--max-image-bytes)"),
     }
 
 
@@ -151,7 +158,7 @@ def decoded(data: bytes, max_pixels: int = 10**6) -> DecodedImage | ImageFailure
     return decode_image(ImageRef(1, "s3://bucket/raw/x.jpg"), data, max_pixels=max_pixels)
 
 
-@pytest.mark.parametrize("name", sorted(set(bad_files()) - {"deleted.jpg"}))  # fails to read
+@pytest.mark.parametrize("name", sorted(set(bad_files()) - {"deleted.jpg", "heavy.jpg"}))
 def test_each_file_decodes_or_fails_with_a_reason(name):
     case = bad_files()[name]
     out = decoded(case.data, MAX_PIXELS)
@@ -248,13 +255,16 @@ def folder_job(ray_cluster, tiny_model, tmp_path_factory) -> FolderJob:
     cases = bad_files()
     for name, case in cases.items():
         (src / name).write_bytes(case.data)
+    (src / "notes.txt").write_text("not an image: skipped, and counted")
+    os.mkfifo(src / "pipe.png")  # would hang a read for ever: skipped at listing, and counted
     options = ["--model", tiny_model, "--batch-size", "4", "--shard-size", "7",
                "--num-workers", "1", "--max-image-pixels", str(MAX_PIXELS),
+               "--max-image-bytes", str(MAX_BYTES),
                "--max-error-rate", "0.1", "--no-progress"]
     config = JobConfig(src=str(src), dst=str(dst), model=tiny_model, batch_size=4, shard_size=7,
                        num_workers=1, max_image_pixels=MAX_PIXELS, max_error_rate=0.1)
     folder = Folder(str(dst))
-    guard_destination(folder, config)
+    check_settings(folder, config)
     prepare_run(folder, config, open_source(str(src)))
     (src / "deleted.jpg").unlink()
     stderr = io.StringIO()
@@ -311,6 +321,7 @@ def test_the_error_rate_gate_fails_the_job_after_committing_everything(folder_jo
     bad = sum(case.size is None for case in folder_job.cases.values())
     assert summary["status"] == "complete" and summary["shards"]["failed"] == 0
     assert (summary["images"], summary["errors"]) == (len(folder_job.cases), bad)
+    assert summary["skipped"] == {"extension": 1, "not_regular_file": 1}
     assert summary["annotated"] + summary["errors"] == summary["images"]
 
 

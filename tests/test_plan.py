@@ -1,24 +1,43 @@
-"""The shard plan: deterministic, streamed, and clear about an empty source."""
+"""The shard plan: deterministic, streamed, each image once, clear about an empty source
+and about what it skipped."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import os
 import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
 from segpipe import layout
+from segpipe.cli import main
 from segpipe.identity import image_id, shard_id
 from segpipe.pipeline import prefetch_decoded
-from segpipe.plan import EmptySourceError, Plan, load_shard, read_plan, write_plan
+from segpipe.plan import EmptySourceError, Plan, SeenIds, load_shard, read_plan, write_plan
 from segpipe.records import ImageRef
 from segpipe.sources import ImageFiles, open_source
+from segpipe.sources.base import Skipped
 from segpipe.sources.located import WITHHELD
 from segpipe.storage import Folder, redact_uri
 from tests.conftest import write_images
-from tests.test_sources import Store, parquet_bytes, png, secrets_of, signed_url
+from tests.outputs import read_panoptic, read_table
+from tests.test_sources import (
+    LOOPBACK_URIS,
+    Store,
+    image_table,
+    parquet_bytes,
+    png,
+    secrets_of,
+    signed_url,
+    tar_bytes,
+    wds_shard,
+)
 
 
 def plan_files(dst: Folder) -> dict[str, bytes]:
@@ -81,7 +100,7 @@ class CountingSource:
     dst: Folder
     shard_size: int
 
-    def list_images(self) -> Iterator[ImageRef]:
+    def list_images(self, *, skipped: Skipped | None = None) -> Iterator[ImageRef]:
         for i in range(self.count):
             # Every shard full before this ref must be on storage already.
             for done in range(i // self.shard_size):
@@ -133,7 +152,7 @@ def test_a_plan_of_signed_urls_holds_no_credential_yet_fetches_every_image(kind,
                         parquet_bytes(pa.table({"uri": uris}), row_group_size=2))
     dst = Folder(f"s3://{bucket}/out")
 
-    plan = write_plan(open_source(url), dst, "00001", shard_size=2)
+    plan = write_plan(open_source(url, **LOOPBACK_URIS), dst, "00001", shard_size=2)
 
     files = plan_files(dst)
     assert plan.num_images == 5 and len(files) == 4  # three shards, then plan.json
@@ -146,12 +165,12 @@ def test_a_plan_of_signed_urls_holds_no_credential_yet_fetches_every_image(kind,
                for ref, uri in zip(refs[:4], uris[:4], strict=True))
     assert refs[4].to_json() == {"id": image_id(uris[4]), "uri": uris[4]}  # as it always was
     # Each shard fetched on its own by a source that went through pickling, as on a worker.
-    worker = pickle.loads(pickle.dumps(open_source(url)))
+    worker = pickle.loads(pickle.dumps(open_source(url, **LOOPBACK_URIS)))
     assert [data for shard in shards for _, data in worker.fetch(shard.images)] == [
         png(i) for i in range(5)]
 
     again = Folder(str(tmp_path / "again"))
-    write_plan(open_source(url), again, "00001", shard_size=2)
+    write_plan(open_source(url, **LOOPBACK_URIS), again, "00001", shard_size=2)
     assert plan_files(again) == files
 
 
@@ -182,3 +201,123 @@ def test_a_path_that_happens_to_hold_the_access_key_id_plans_as_is(tmp_path, mon
     plan = write_plan(ImageFiles(str(tmp_path / "bench" / "images")), dst, "00001", shard_size=4)
     [shard] = [load_shard(dst, "00001", sid) for sid in plan.shard_ids()]
     assert all("/bench/images/" in ref.uri and ref.locator is None for ref in shard.images)
+
+
+# --- each image once ------------------------------------------------------------------------
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path) -> Store:
+    if request.param == "local":
+        return Store(str(tmp_path / "lake"))
+    return Store(f"s3://{request.getfixturevalue('bucket')}/lake")
+
+
+def planned_refs(dst: Folder, plan: Plan) -> list[ImageRef]:
+    return [ref for sid in plan.shard_ids() for ref in load_shard(dst, plan.run_id, sid).images]
+
+
+def overlapping(store: Store, kind: str) -> tuple[str, int]:
+    """A SRC that names some images twice, for each kind of source, and how many it names."""
+    if kind == "images":
+        for key in ("raw/a.png", "raw/b.png", "raw/x/c.png"):
+            store.put(key, png(1))
+        return f"{store.url('raw')}::{store.url('raw/x')}", 3  # raw/x/c.png twice
+    if kind == "globs":
+        for key in ("raw/a1.png", "raw/a2.png", "raw/b1.png"):
+            store.put(key, png(2))
+        return f"{store.url('raw/a*.png')}::{store.url('raw/*1.png')}", 3  # a1 in both
+    if kind == "webdataset":
+        url = store.put("w.tar", tar_bytes(wds_shard(0)))
+        return f"{url}::{url}", 3
+    if kind == "parquet":
+        url = store.put("t.parquet", parquet_bytes(image_table(3)))
+        return f"{url}::{url}", 3
+    store.put("imgs/a.png", png(3))
+    return store.put("m.txt", b"imgs/a.png\nimgs/b.png\nimgs/a.png\n"), 2
+
+
+@pytest.mark.parametrize("kind", ["images", "globs", "webdataset", "parquet", "manifest"])
+def test_overlapping_sources_plan_each_image_once(kind, store: Store):
+    url, unique = overlapping(store, kind)
+    source = open_source(url)
+    listed = list(source.list_images())
+    assert len(listed) > unique  # the source does name some twice
+    dst = Folder(store.url("dst"))
+
+    plan = write_plan(source, dst, "00001", shard_size=2)
+
+    refs = planned_refs(dst, plan)
+    assert len({r.image_id for r in refs}) == len(refs) == plan.num_images == unique
+    assert [r.image_id for r in refs] == list(dict.fromkeys(r.image_id for r in listed))
+    assert plan.skipped.get("repeat") == len(listed) - unique
+    assert read_plan(dst, "00001") == plan
+    assert dst.read_json(layout.plan_done("00001"))["skipped"]["repeat"] == len(listed) - unique
+
+
+def test_seen_ids_holds_every_id_once_across_merges():
+    rng = np.random.default_rng(4)
+    ids = [int(i) for i in rng.integers(1, 2**63 - 1, 5000, dtype=np.int64)]
+    seen = SeenIds(min_pending=16)  # merging after every few ids
+    assert all(seen.add(i) for i in ids)
+    assert len(seen) == len(ids)
+    repeats = [ids[int(k)] for k in rng.integers(0, len(ids), 2000)]
+    assert not any(seen.add(i) for i in repeats)
+    assert len(seen) == len(ids)
+    assert seen.add(2**63 - 1) and seen.add(1) and not seen.add(1)  # the extremes of the range
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_an_image_listed_twice_is_annotated_once(where, ray_cluster, tiny_model, tmp_path,
+                                                 request):
+    """`SRC::SRC` through a whole job: panoptic.json holds each image id once, and the images
+    table each image once."""
+    store = (Store(str(tmp_path)) if where == "local"
+             else Store(f"s3://{request.getfixturevalue('bucket')}"))
+    for i in range(3):
+        store.put(f"src/img-{i}.png", png(i, size=24))
+    src, dst = store.url("src"), store.url("dst")
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        rc = main(["annotate", f"{src}::{src}", dst, "--model", tiny_model, "--shard-size", "2",
+                   "--num-workers", "1", "--no-progress"])
+    assert rc == 0
+    out = Folder(dst)
+    ids = [image["id"] for image in read_panoptic(out)["images"]]
+    assert len(ids) == len(set(ids)) == 3
+    assert len(read_table(out, "images")) == 3
+    summary = out.read_json(layout.summary("00001"))
+    assert summary["skipped"] == {"repeat": 3} and summary["planned_images"] == 3
+    assert "skipped:       3 keys: 3 an image listed again" in stdout.getvalue()
+
+
+# --- what a listing skips --------------------------------------------------------------------
+
+def test_the_plan_counts_what_it_skipped(store: Store):
+    write_images_to(store, 2)
+    store.put("src/notes.txt", b"not an image")
+    store.put("src/sub/labels.json", b"{}")
+    if "://" not in store.root:
+        os.mkfifo(f"{store.url('src')}/pipe.png")  # only a local folder can hold one
+        os.symlink(f"{store.url('src')}/gone.png", f"{store.url('src')}/dangling.png")
+    dst = Folder(store.url("dst"))
+
+    plan = write_plan(ImageFiles(store.url("src")), dst, "00001", shard_size=4)
+
+    local = "://" not in store.root
+    expected = {"extension": 2, **({"not_regular_file": 2} if local else {})}
+    assert plan.num_images == 2 and plan.skipped == expected
+    assert read_plan(dst, "00001") == plan
+    assert json.loads(dst.read_bytes(layout.plan_done("00001")))["skipped"] == expected
+
+
+def test_an_empty_source_says_what_it_skipped(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.txt").write_text("no images")
+    with pytest.raises(EmptySourceError, match="skipped 1 key: 1 not an image extension"):
+        write_plan(ImageFiles(str(tmp_path / "src")), Folder(str(tmp_path / "dst")), "00001",
+                   shard_size=4)
+
+
+def write_images_to(store: Store, count: int) -> None:
+    for i in range(count):
+        store.put(f"src/img-{i}.png", png(i))

@@ -1,5 +1,6 @@
-"""Security: hostile source names can't place outputs outside DST, credentials and signed
-URLs never reach logs or outputs, and a checkpoint's remote code never runs."""
+"""Security: hostile source names can't place outputs outside DST, the URIs of a manifest
+reach only what they may, credentials and signed URLs never reach logs or outputs, and a
+checkpoint's remote code never runs."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import boto3
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from botocore.config import Config
@@ -26,10 +28,16 @@ from PIL import Image
 
 from segpipe import layout
 from segpipe.annotate import annotate
+from segpipe.cli import build_parser, config_from_args
 from segpipe.config import JobConfig
 from segpipe.identity import panoptic_png_key
 from segpipe.models import ModelLoadError, load_model
-from segpipe.storage import Folder, UnsafeKeyError, check_key
+from segpipe.records import ImageFailure
+from segpipe.sources import open_source
+from segpipe.sources.policy import RefusedUri, UriPolicy, is_public
+from segpipe.sources.uris import read_capped
+from segpipe.storage import Folder, UnsafeKeyError, check_key, filesystem
+from tests.httpserver import http_server
 from tests.models import save_tiny_mask2former
 from tests.outputs import read_table
 
@@ -221,11 +229,14 @@ def _texts_under(root: Path) -> Iterator[tuple[str, str]]:
 
 
 def test_credentials_and_signatures_never_reach_logs_or_outputs(tiny_model, s3_endpoint, tmp_path):
-    """A job in its own process and its own Ray, with recognizable credentials and a
-    manifest of signed URLs (some of them failing): its output, every Ray log and every
-    file it wrote are searched for the secret, the key id and the signatures."""
+    """A job in its own process and its own Ray, with recognizable credentials (in the AWS
+    variables, in fsspec's config variables, a container credentials token) and a manifest
+    of signed URLs (some of them failing): its output, every Ray log and every file it wrote
+    are searched for the secrets, the key id and the signatures."""
     key_id = "AKIA" + secrets.token_hex(8).upper()
     secret = "sEcReT" + secrets.token_hex(16)
+    fsspec_secret = "fSsPeCsEcReT" + secrets.token_hex(16)  # what s3fs signs with, here
+    container_token = "cOnTaInErToKeN" + secrets.token_hex(16)
     bucket = "sec-creds"
     session = {"aws_access_key_id": key_id, "aws_secret_access_key": secret,
                "region_name": "us-east-1", "endpoint_url": s3_endpoint}
@@ -256,17 +267,23 @@ def test_credentials_and_signatures_never_reach_logs_or_outputs(tiny_model, s3_e
     # Each as written in a URL and as a message might show it, percent-decoded.
     needles = {f"{what} ({form})": text
                for what, value in [("the secret", secret), ("the access key id", key_id),
+                                   ("FSSPEC_S3_SECRET", fsspec_secret),
+                                   ("AWS_CONTAINER_AUTHORIZATION_TOKEN", container_token),
                                    *((f"signature {s[:6]}...", s) for s in signatures)]
                for form, text in (("as is", value), ("decoded", unquote(value)))}
 
     ray_tmp = Path(tempfile.mkdtemp(prefix="segsec-"))  # short: Ray's socket paths must fit
     env = {**os.environ, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret,
+           "FSSPEC_S3_KEY": key_id, "FSSPEC_S3_SECRET": fsspec_secret,
+           "AWS_CONTAINER_AUTHORIZATION_TOKEN": container_token,
            "RAY_ADDRESS": "", "RAY_TMPDIR": str(ray_tmp)}
     dst = f"s3://{bucket}/out"
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "segpipe.cli", "annotate", f"s3://{bucket}/lists/signed.txt",
-             dst, "--model", tiny_model, "--num-workers", "1", "--no-progress"],
+             dst, "--model", tiny_model, "--num-workers", "1", "--no-progress",
+             # The test endpoint signs http://127.0.0.1 URLs, and some URIs are local files.
+             "--allow-uri-schemes", "http,file", "--allow-private-hosts"],
             env=env, capture_output=True, text=True, timeout=400, cwd=ROOT)
         logs = dict(_texts_under(ray_tmp))
     finally:
@@ -291,6 +308,125 @@ def test_credentials_and_signatures_never_reach_logs_or_outputs(tiny_model, s3_e
     leaks = sorted(f"{what} in {where}" for where, text in places.items()
                    for what, needle in needles.items() if needle in text)
     assert not leaks
+
+
+# --- what the URIs of a list may reach ----------------------------------------------------------
+
+def listed_uris(kind: str, url: str, uris: list[str]) -> str:
+    """A manifest or a URI table of `uris` at `url` (without its suffix); returns its URL."""
+    if kind == "manifest":
+        data, suffix = "\n".join(uris).encode(), ".txt"
+    else:
+        buf = io.BytesIO()
+        pq.write_table(pa.table({"uri": uris}), buf)
+        data, suffix = buf.getvalue(), ".parquet"
+    fs, path = filesystem(url + suffix)
+    if "://" not in url:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    fs.pipe_file(path, data)
+    return url + suffix
+
+
+def fetch_all(source) -> dict[str, bytes | ImageFailure]:
+    refs = list(source.list_images())
+    return {ref.uri: value for ref, value in source.fetch(refs, threads=2)}
+
+
+@pytest.mark.parametrize("kind", ["manifest", "parquet"])
+def test_a_remote_list_reaches_object_stores_only_by_default(kind, bucket, tmp_path):
+    """A list on S3 naming loopback web servers (by address and by a name resolving to one)
+    and a local file: each is refused, with the flag that would allow it; S3 is read."""
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(png(7))
+    Folder(f"s3://{bucket}").write_bytes("imgs/a.png", png(1))
+    with http_server({"/meta-data.png": png(2)}) as served:
+        port = served.url.rsplit(":", 1)[1]
+        uris = [f"s3://{bucket}/imgs/a.png", f"{served.url}/meta-data.png",
+                f"https://127.0.0.1:{port}/meta-data.png",
+                f"https://localhost:{port}/meta-data.png", f"file://{secret}"]
+        url = listed_uris(kind, f"s3://{bucket}/lists/untrusted", uris)
+
+        refused = fetch_all(open_source(url, source_format="manifest"))
+        allowed = fetch_all(open_source(url, source_format="manifest", allow_private_hosts=True,
+                                        allow_uri_schemes=("http", "file")))
+
+    assert served.requests == ["GET /meta-data.png"]  # only once allowed
+    assert refused[uris[0]] == png(1)
+    failures = {uri: refused[uri] for uri in [*uris[1:4], str(secret)]}  # file:// as a path
+    assert all(isinstance(f, ImageFailure) and f.stage == "read"
+               and f.message.startswith(f"{uri}: not read: ")
+               for uri, f in failures.items()), failures
+    assert "--allow-uri-schemes http" in failures[uris[1]].message
+    assert "127.0.0.1" in failures[uris[2]].message
+    assert "--allow-private-hosts" in failures[uris[2]].message
+    assert "localhost resolves to 127.0.0.1" in failures[uris[3]].message  # checked when read
+    assert "--allow-private-hosts" in failures[uris[3]].message
+    assert "local files" in failures[str(secret)].message
+    assert "--allow-uri-schemes file" in failures[str(secret)].message
+    assert allowed[uris[1]] == png(2) and allowed[str(secret)] == png(7)
+
+
+def test_a_local_list_reads_local_files_but_no_private_host(tmp_path):
+    (tmp_path / "a.png").write_bytes(png(1))
+    with http_server({"/b.png": png(2)}) as served:
+        url = listed_uris("manifest", str(tmp_path / "list"), ["a.png", f"{served.url}/b.png"])
+        values = fetch_all(open_source(url, allow_uri_schemes=("http",)))
+        assert served.requests == []
+    assert values[str(tmp_path / "a.png")] == png(1)
+    refused = values[f"{served.url}/b.png"]
+    assert isinstance(refused, ImageFailure) and "--allow-private-hosts" in refused.message
+
+
+@pytest.mark.parametrize("address", ["169.254.169.254", "::ffff:169.254.169.254", "10.1.2.3",
+                                     "fd00::1", "0.0.0.0", "100.100.100.200", "::1"])
+def test_metadata_private_and_local_addresses_are_never_public(address):
+    assert not is_public(address)  # only parsed here: nothing is sent anywhere
+    with pytest.raises(RefusedUri, match="--allow-private-hosts"):
+        UriPolicy.for_list(["s3://lists/a.txt"]).check(f"https://[{address}]/latest/meta-data"
+                                                       if ":" in address
+                                                       else f"https://{address}/latest/meta-data")
+    assert is_public("8.8.8.8")
+
+
+def test_the_http_client_refuses_a_private_address_wherever_a_request_goes(tmp_path):
+    """The check at the socket: what a redirect, or a name resolved again, would reach."""
+    with http_server({"/a.png": png(1)}) as served:
+        fs, path = filesystem(f"{served.url}/a.png", UriPolicy.for_list([]).http_options())
+        with pytest.raises(OSError, match="--allow-private-hosts"):
+            read_capped(fs, path, 2**20)
+        assert served.requests == []
+
+
+def test_uri_flags_are_checked_and_parsed():
+    with pytest.raises(ValueError, match="--allow-uri-schemes"):
+        JobConfig(src="s", dst="d", allow_uri_schemes="http://host")
+    with pytest.raises(ValueError, match="--max-image-bytes"):
+        JobConfig(src="s", dst="d", max_image_bytes=0)
+    args = build_parser().parse_args(["annotate", "s", "d", "--allow-uri-schemes", "http, FILE",
+                                      "--allow-private-hosts", "--max-image-bytes", "1024"])
+    config = config_from_args(args)
+    assert (config.uri_schemes, config.allow_private_hosts, config.max_image_bytes) == (
+        ("http", "file"), True, 1024)
+
+
+def test_refused_uris_are_errors_rows_of_the_job(ray_cluster, tiny_model, bucket, tmp_path):
+    """Through the whole job: a refusal is an errors row at stage read, and the job goes on."""
+    root = Folder(f"s3://{bucket}")
+    root.write_bytes("imgs/a.png", png(1))
+    (tmp_path / "local.png").write_bytes(png(2))
+    with http_server({"/b.png": png(3)}) as served:
+        uris = [f"s3://{bucket}/imgs/a.png", f"{served.url}/b.png", str(tmp_path / "local.png")]
+        url = listed_uris("manifest", f"s3://{bucket}/lists/m", uris)
+        summary = annotate(JobConfig(src=url, dst=f"s3://{bucket}/out", model=tiny_model,
+                                     num_workers=1, progress=False))
+        assert served.requests == []
+    assert (summary["images"], summary["annotated"], summary["errors"]) == (3, 1, 2)
+    errors = {e["image_uri"]: e for e in read_table(Folder(f"s3://{bucket}/out"), "errors")}
+    assert set(errors) == set(uris[1:])
+    assert all(e["stage"] == "read" and e["message"].startswith(f"{uri}: not read: ")
+               for uri, e in errors.items())
+    assert "--allow-uri-schemes http" in errors[uris[1]]["message"]
+    assert "--allow-uri-schemes file" in errors[uris[2]]["message"]
 
 
 # --- models --------------------------------------------------------------------------------------

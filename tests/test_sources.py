@@ -8,6 +8,7 @@ import json
 import os
 import re
 import tarfile
+from collections import Counter
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -34,6 +35,7 @@ from segpipe.sources import (
 from segpipe.sources.base import UNREADABLE
 from segpipe.sources.listing import expand_braces, list_files
 from segpipe.storage import filesystem, redact_uri
+from tests.httpserver import http_server
 
 
 def png(seed: int, size: int = 8) -> bytes:
@@ -288,9 +290,12 @@ def test_parquet_of_uris(store: Store):
     source = open_source(store.url("uris.parquet"))
     refs = list(source.list_images())
     uris = [store.url("imgs/a.png"), store.url("imgs/b.png"), store.url("imgs/missing.png")]
-    assert [r.uri for r in refs] == uris  # relative resolved, the repeated row planned once
-    assert [r.image_id for r in refs] == [image_id(u) for u in uris]
-    assert [r.fields for r in refs] == [{"split": "train"}, {"split": "val"}, {"split": "val"}]
+    # Relative URIs resolved; the repeated row is listed, and the plan drops it.
+    assert [r.uri for r in refs] == [*uris, uris[0]]
+    assert [r.image_id for r in refs] == [image_id(u) for u in [*uris, uris[0]]]
+    assert [r.fields for r in refs] == [{"split": "train"}, {"split": "val"}, {"split": "val"},
+                                        {"split": "train"}]
+    refs = refs[:3]
     values = fetched(source, refs)
     assert values[:2] == [png(1), png(2)]
     assert isinstance(values[2], ImageFailure) and uris[2] in values[2].message
@@ -341,9 +346,9 @@ def test_text_manifest(store: Store):
     text = f"# a comment\nimgs/a.png\n\n  {store.url('imgs/b.png')}  \nimgs/gone.png\nimgs/a.png\n"
     source = open_source(store.put("list.txt", text.encode()))
     assert isinstance(source, Manifest)
-    refs = list(source.list_images())
+    *refs, repeat = source.list_images()  # the plan drops the repeat (see test_plan)
     uris = [store.url("imgs/a.png"), store.url("imgs/b.png"), store.url("imgs/gone.png")]
-    assert [r.uri for r in refs] == uris
+    assert [r.uri for r in refs] == uris and repeat == refs[0]
     assert [r.image_id for r in refs] == [image_id(u) for u in uris]
     values = fetched(source, refs)
     assert values[:2] == [png(1), png(2)]
@@ -355,9 +360,11 @@ def test_csv_manifest_carries_other_columns(store: Store):
     a = store.put("imgs/a.png", png(1))
     store.put("imgs/b.png", png(2))
     source = open_source(store.put("m.csv", f"label,url\ncat,{a}\ndog,imgs/b.png\n,\n".encode()))
-    refs = list(source.list_images())
+    skipped: Counter[str] = Counter()
+    refs = list(source.list_images(skipped=skipped))
     assert [(r.uri, r.fields) for r in refs] == [
         (a, {"label": "cat"}), (store.url("imgs/b.png"), {"label": "dog"})]
+    assert skipped == {"no_uri": 1}  # the row without a URI, counted rather than lost
     assert fetched(source, refs) == [png(1), png(2)]
 
 
@@ -423,6 +430,11 @@ def test_other_filesystems_walk_in_the_same_key_order(tmp_path):
 
 # --- signed URIs ---------------------------------------------------------------------------
 
+# The test S3 endpoint signs URLs on http://127.0.0.1, which the URIs of a list may reach only
+# when the job allows it.
+LOOPBACK_URIS = {"allow_uri_schemes": ("http",), "allow_private_hosts": True}
+
+
 def signed_url(endpoint: str, bucket: str, key: str, *, v4: bool = True,
                expires: int = 3600) -> str:
     """A presigned GET URL from the test S3 endpoint: SigV4, or the older `Signature=` form."""
@@ -449,10 +461,11 @@ def test_signed_manifest_urls_are_listed_redacted_and_fetched(bucket: str, s3_en
     again = signed_url(s3_endpoint, bucket, "imgs/0.png", expires=60)  # the same image, re-signed
     assert again != v4
     text = f"\ufeff{v4}\r\n# {v2}\r\n{v2}\n\nimgs/2.png\n{again}"
-    source = open_source(store.put("list.txt", text.encode()))
-    refs = list(source.list_images())
+    source = open_source(store.put("list.txt", text.encode()), **LOOPBACK_URIS)
+    *refs, resigned = source.list_images()
 
     assert [r.uri for r in refs] == [redact_uri(v4), redact_uri(v2), store.url("imgs/2.png")]
+    assert resigned.image_id == refs[0].image_id  # one image: the plan drops the repeat
     assert [r.image_id for r in refs] == [image_id(r.uri) for r in refs]
     assert all("<redacted>" in r.uri and r.locator for r in refs[:2])
     assert refs[2].locator is None and refs[2].to_json() == {"id": refs[2].image_id,
@@ -471,7 +484,7 @@ def test_signed_csv_urls_are_found_again_in_multi_line_records(bucket: str, s3_e
     text = ('note,url,url\n'
             f'"two\nlines, and a comma",ignored,{a}\r\n'
             f'plain,ignored,"{b}"\n')
-    source = open_source(store.put("list.csv", text.encode()))
+    source = open_source(store.put("list.csv", text.encode()), **LOOPBACK_URIS)
     refs = list(source.list_images())
     # A repeated column name reads as its last column, as before.
     assert [(r.uri, r.fields) for r in refs] == [
@@ -503,7 +516,7 @@ def test_manifest_edited_after_planning_fails_only_the_edited_image(bucket: str,
         store.put(f"imgs/{i}.png", png(i))
     urls = [signed_url(s3_endpoint, bucket, f"imgs/{i}.png") for i in range(3)]
     store.put("list.txt", "\n".join([*urls, "imgs/3.png"]).encode())
-    source = open_source(store.url("list.txt"))
+    source = open_source(store.url("list.txt"), **LOOPBACK_URIS)
     refs = list(source.list_images())
 
     # Edited in place: line 1 now names another image, line 2 the same one signed anew.
@@ -555,7 +568,7 @@ def test_signed_urls_in_a_parquet_table_are_found_again_by_row(bucket: str, s3_e
                              row_group_size=3)
 
     url = store.put("t/uris.parquet", table(column))
-    source = open_source(url, source_format="manifest")
+    source = open_source(url, source_format="manifest", **LOOPBACK_URIS)
     refs = list(source.list_images())
     assert [r.uri for r in refs] == [redact_uri(u) for u in urls[:2]] + [
         store.url("imgs/4.png"), *(redact_uri(u) for u in urls[2:])]
@@ -576,3 +589,130 @@ def test_signed_urls_in_a_parquet_table_are_found_again_by_row(bucket: str, s3_e
     assert values[3].message.startswith(refs[3].uri)
     assert values[3].message.endswith(f"the URI table {url} changed since this run was planned: "
                                       f"row 4 no longer lists this image but {redact_uri(column[4])}")
+
+
+# --- records that cannot be read --------------------------------------------------------------
+
+def test_a_csv_field_over_the_limit_is_an_errors_row_and_planning_goes_on(store: Store):
+    for name in ("a", "c", "d"):
+        store.put(f"imgs/{name}.png", png(ord(name)))
+    caption = "x" * (200 * 1024)  # over the csv module's field limit (128 KiB)
+    text = (f'url,caption\nimgs/a.png,fine\n"imgs/b.png","{caption}"\nimgs/c.png,also fine\n'
+            "imgs/d.png,\n")
+    manifest = store.put("m.csv", text.encode())
+    source = open_source(manifest)
+
+    refs = list(source.list_images())
+
+    assert [r.member or r.uri for r in refs] == [
+        store.url("imgs/a.png"), "line=3", store.url("imgs/c.png"), store.url("imgs/d.png")]
+    assert refs[1].uri == manifest and refs[1].image_id == image_id(manifest, "line=3")
+    values = fetched(source, refs)
+    assert [values[0], values[2], values[3]] == [png(ord("a")), png(ord("c")), png(ord("d"))]
+    failure = values[1]
+    assert isinstance(failure, ImageFailure) and failure.stage == "read"
+    assert failure.message.startswith(f"{manifest}#line=3: ")  # the file and the row
+    assert "not valid CSV" in failure.message and "field limit" in failure.message
+
+
+def test_a_manifest_line_that_is_not_utf8_is_an_errors_row(store: Store):
+    store.put("imgs/a.png", png(1))
+    store.put("imgs/c.png", png(3))
+    manifest = store.put("list.txt", b"imgs/a.png\nimgs/\xff\xfeb.png\nimgs/c.png\n")
+    source = open_source(manifest)
+    refs = list(source.list_images())
+    assert [r.member for r in refs] == [None, "line=2", None]
+    values = fetched(source, refs)
+    assert values[0] == png(1) and values[2] == png(3)
+    assert isinstance(values[1], ImageFailure)
+    assert values[1].message.startswith(f"{manifest}#line=2: ")
+    assert "not valid UTF-8" in values[1].message
+
+
+# --- what a listing does not list -------------------------------------------------------------
+
+@pytest.mark.timeout(60)  # a listing that opened the FIFO would wait for a writer for ever
+def test_a_fifo_or_a_dangling_link_is_skipped_and_counted(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.png").write_bytes(png(1))
+    os.mkfifo(src / "pipe.png")
+    os.symlink(src / "gone.png", src / "dangling.png")
+    skipped: Counter[str] = Counter()
+    source = ImageFiles(str(src))
+
+    refs = list(source.list_images(skipped=skipped))
+
+    assert [r.uri for r in refs] == [str(src / "a.png")]
+    assert skipped == {"not_regular_file": 2}
+    assert fetched(source, refs) == [png(1)]
+    outside: Counter[str] = Counter()  # what a glob does not name is not counted
+    assert len(list(ImageFiles(str(src / "a*.png")).list_images(skipped=outside))) == 1
+    assert outside == {}
+
+
+def test_converging_symlinked_folders_are_walked_once(tmp_path):
+    """a/x and b/y both link to c, and c/loop links back to the root: each real folder is
+    walked once, from the first path in key order, and every other path to it is counted."""
+    root = tmp_path / "src"
+    (root / "c" / "deep").mkdir(parents=True)
+    (root / "c" / "img.png").write_bytes(png(1))
+    (root / "c" / "deep" / "d.png").write_bytes(png(2))
+    (root / "a").mkdir()
+    (root / "b").mkdir()
+    os.symlink(root / "c", root / "a" / "x")
+    os.symlink(root / "c", root / "b" / "y")
+    os.symlink(root, root / "c" / "loop")
+    skipped: Counter[str] = Counter()
+
+    uris = [r.uri for r in ImageFiles(str(root)).list_images(skipped=skipped)]
+
+    assert uris == [str(root / "a/x/deep/d.png"), str(root / "a/x/img.png")]
+    assert skipped == {"folder_seen": 3}  # a/x/loop, b/y and c itself
+
+
+# --- the byte limit of an image -------------------------------------------------------------
+
+def test_an_image_over_the_byte_limit_is_an_errors_row_naming_its_size(store: Store):
+    store.put("raw/a.png", png(1))
+    store.put("raw/big.png", b"\x89PNG" + bytes(4996))
+    store.put("raw/exact.png", bytes(1000))
+    store.put("raw/empty.png", b"")  # S3 refuses a range of an empty object: still no error
+    for source in (ImageFiles(store.url("raw"), max_image_bytes=1000),
+                   open_source(store.put("m.txt", b"raw/a.png\nraw/big.png\nraw/empty.png\n"
+                                                  b"raw/exact.png\n"), max_image_bytes=1000)):
+        refs = list(source.list_images())
+        assert [r.uri.rsplit("/", 1)[1] for r in refs] == ["a.png", "big.png", "empty.png",
+                                                            "exact.png"]
+        values = fetched(source, refs)
+        assert [values[0], values[2], values[3]] == [png(1), b"", bytes(1000)]
+        failure = values[1]
+        assert isinstance(failure, ImageFailure) and failure.stage == "read"
+        assert failure.message == (f"{store.url('raw/big.png')}: not read: 5000 bytes, over the "
+                                   "limit of 1000 bytes per image (--max-image-bytes)")
+
+
+def test_container_members_over_the_byte_limit_are_errors_rows(store: Store):
+    members = [("a.png", png(1)), ("b.png", bytes(3000)), ("c.png", png(3))]
+    tars = TarShards(store.put("t.tar", tar_bytes(members)), max_image_bytes=2000)
+    table = pa.table({"image": pa.array([png(1), bytes(3000), png(3)], pa.binary())})
+    rows = ParquetTable(store.put("t.parquet", parquet_bytes(table)), max_image_bytes=2000)
+    for source in (tars, rows):
+        values = fetched(source, list(source.list_images()))
+        assert [values[0], values[2]] == [png(1), png(3)]
+        assert isinstance(values[1], ImageFailure)
+        assert "3000 bytes, over the limit of 2000 bytes per image (--max-image-bytes)" in (
+            values[1].message)
+
+
+def test_an_http_image_over_the_limit_is_not_downloaded_whole(tmp_path):
+    """The server ignores Range, as many do: the read stops after the limit anyway."""
+    huge = bytes(256 * 2**20)
+    with http_server({"/huge.jpg": huge, "/small.png": png(1)}) as served:
+        (tmp_path / "m.txt").write_text(f"{served.url}/huge.jpg\n{served.url}/small.png\n")
+        source = open_source(str(tmp_path / "m.txt"), max_image_bytes=2**20, **LOOPBACK_URIS)
+        values = fetched(source, list(source.list_images()))
+        assert values[1] == png(1)
+        assert isinstance(values[0], ImageFailure)
+        assert f"{len(huge)} bytes, over the limit of {2**20} bytes" in values[0].message
+        assert served.bytes_sent < len(huge) // 4  # the limit, and what sockets buffered

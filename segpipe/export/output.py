@@ -1,38 +1,18 @@
-"""Export files on any fsspec URL, written as a stream.
-
-Local files are written to a temporary name and renamed, so a reader never sees half an
-export; object stores publish an upload only when it completes.
-"""
+"""Export files on any fsspec URL, written as a stream and published only when complete
+(see `segpipe.storage.open_atomic`), so a reader never sees half an export."""
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import IO, Any
 
-from fsspec.core import split_protocol
-
-from segpipe.storage import filesystem
+from segpipe.storage import open_atomic
 
 
-@contextmanager
-def open_text(url: str, storage_options: dict[str, Any] | None = None) -> Iterator[IO[str]]:
-    fs, path = filesystem(url, storage_options)
-    if split_protocol(url)[0] not in (None, "file", "local"):
-        with fs.open(path, "w", encoding="utf-8") as out:
-            yield out
-        return
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as out:
-            yield out
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def open_text(url: str, storage_options: dict[str, Any] | None = None,
+              ) -> AbstractContextManager[IO[str]]:
+    return open_atomic(url, storage_options, text=True)
 
 
 def sibling(url: str, name: str) -> str:

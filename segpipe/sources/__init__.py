@@ -13,14 +13,24 @@ URL of a list deciding:
    webdataset when it holds `.tar` files and no images, else images.
 
 A Parquet file given with `source_format="manifest"` is read as a table of URIs.
+
+Every source refuses an image of more than `max_image_bytes`; the sources of URIs
+(manifests, URI tables) also limit what their URIs may reach (see `policy`), unless
+`allow_uri_schemes` or `allow_private_hosts` say otherwise.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import islice
 from typing import Any
 
-from segpipe.sources.base import EmptySourceError, Source, SourceConfigError
+from segpipe.sources.base import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    EmptySourceError,
+    Source,
+    SourceConfigError,
+)
 from segpipe.sources.files import ImageFiles, is_image_name
 from segpipe.sources.listing import PAGE_SIZE, expand_urls, list_files
 from segpipe.sources.manifest import MANIFEST_SUFFIXES, Manifest
@@ -57,9 +67,15 @@ def detect_format(url: str, storage_options: dict[str, Any] | None = None) -> st
 
 def open_source(url: str, *, source_format: str | None = None,
                 storage_options: dict[str, Any] | None = None, image_column: str | None = None,
-                uri_column: str | None = None, id_column: str | None = None) -> Source:
+                uri_column: str | None = None, id_column: str | None = None,
+                max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+                allow_uri_schemes: Sequence[str] = (), allow_private_hosts: bool = False,
+                ) -> Source:
     """The source for `url`; the kind is picked from the URL unless `source_format` says."""
     options = storage_options or {}
+    limits = {"max_image_bytes": max_image_bytes}
+    reach = {**limits, "allow_uri_schemes": tuple(allow_uri_schemes),
+             "allow_private_hosts": allow_private_hosts}
     kind = source_format or detect_format(url, options)
     if kind not in SOURCE_FORMATS:
         raise ValueError(f"unknown --source-format {kind!r}: one of {', '.join(SOURCE_FORMATS)}")
@@ -71,11 +87,11 @@ def open_source(url: str, *, source_format: str | None = None,
         raise ValueError(f"{', '.join(wrong)} do(es) not apply to a {kind} source "
                          f"({redact(url)}); see --source-format")
     if kind == "webdataset":
-        return TarShards(url, options)
+        return TarShards(url, options, **limits)
     if kind == "parquet":
-        return ParquetTable(url, options, image_column, uri_column, id_column)
+        return ParquetTable(url, options, image_column, uri_column, id_column, **reach)
     if kind == "manifest":
         if url.split("?", 1)[0].rstrip("/").lower().endswith(PARQUET_SUFFIXES):
-            return ParquetTable(url, options, uri_column=uri_column, uris_only=True)
-        return Manifest(url, options, uri_column)
-    return ImageFiles(url, options)
+            return ParquetTable(url, options, uri_column=uri_column, uris_only=True, **reach)
+        return Manifest(url, options, uri_column, **reach)
+    return ImageFiles(url, options, **limits)

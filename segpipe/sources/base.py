@@ -1,14 +1,17 @@
 """The source contract, and what every source shares: ordered concurrent reads, the
-placeholder for a container that could not be read, and URI helpers."""
+placeholder for a container that could not be read, why a listed key is not planned, the
+byte limit of an image, and URI helpers."""
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from array import array
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -33,6 +36,52 @@ LOCAL_PROTOCOLS = (None, "file", "local")
 # What `fetch` yields: each ref with its bytes or the failure reading them.
 Fetched = Iterator[tuple[ImageRef, "bytes | ImageFailure"]]
 
+# Why a listed key is not planned, and how the end of a run says it. Every key a listing
+# meets is planned, or counted under one of these: never a silent skip.
+SKIP_EXTENSION = "extension"
+SKIP_NOT_REGULAR = "not_regular_file"
+SKIP_FOLDER_SEEN = "folder_seen"
+SKIP_UNLISTABLE = "unlistable_folder"
+SKIP_NO_URI = "no_uri"
+SKIP_REPEAT = "repeat"
+SKIP_INSIDE_DST = "inside_destination"
+SKIP_SEEN = "already_annotated"
+SKIP_REASONS = {
+    SKIP_EXTENSION: "not an image extension",
+    SKIP_NOT_REGULAR: "not a regular file (a FIFO, socket, device or dangling link)",
+    SKIP_FOLDER_SEEN: "a folder reached again through a symlink",
+    SKIP_UNLISTABLE: "a folder that could not be listed (permission denied)",
+    SKIP_NO_URI: "a record without a URI",
+    SKIP_REPEAT: "an image listed again",
+    SKIP_INSIDE_DST: "a file under the destination (segpipe's own outputs)",
+    SKIP_SEEN: "an image already annotated at the destination (incremental)",
+}
+
+# Skipped keys by reason, counted while listing.
+Skipped = Counter[str]
+
+# What one image may weigh by default: a bigger object named like an image is an errors row
+# rather than gigabytes read into a worker's memory.
+DEFAULT_MAX_IMAGE_BYTES = 256 * 2**20
+
+
+class ImageTooLarge(ValueError):
+    """An image over the byte limit: refused, never read whole."""
+
+
+def too_large(size: int | None, limit: int) -> ImageTooLarge:
+    weight = f"{size} bytes" if size is not None else f"more than {limit} bytes"
+    return ImageTooLarge(f"not read: {weight}, over the limit of {limit} bytes per image "
+                         "(--max-image-bytes)")
+
+
+def describe_skipped(skipped: dict[str, int]) -> str:
+    """The skipped keys for people: "3 keys: 2 not an image extension, 1 ..."."""
+    total = sum(skipped.values())
+    parts = ", ".join(f"{n} {SKIP_REASONS.get(reason, reason)}"
+                      for reason, n in sorted(skipped.items()) if n)
+    return f"{total} key{'' if total == 1 else 's'}" + (f": {parts}" if parts else "")
+
 
 class EmptySourceError(ValueError):
     """A source with nothing to annotate: a wrong URL, more often than not."""
@@ -48,8 +97,9 @@ class Source(Protocol):
 
     url: str
 
-    def list_images(self) -> Iterator[ImageRef]:
-        """Every image of the source, streamed, in a deterministic order."""
+    def list_images(self, *, skipped: Skipped | None = None) -> Iterator[ImageRef]:
+        """Every image of the source, streamed, in a deterministic order; each listed key
+        that is not an image is counted in `skipped` by its reason (SKIP_REASONS)."""
         ...
 
     def fetch(self, refs: Sequence[ImageRef], *, threads: int = 8) -> Fetched:
@@ -60,10 +110,13 @@ class Source(Protocol):
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, threads: int) -> Iterator[tuple[T, R]]:
     """`(item, fn(item))` in input order, with at most `threads` + 1 calls in flight.
 
-    Memory stays bounded by the pool, not by the number of items.
+    Memory stays bounded by the pool, not by the number of items. Once the caller stops
+    iterating, queued calls are dropped and running ones are not waited for: a call stuck
+    in a read that never returns (a FIFO, a silent server) must not hold the caller up.
     """
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        pending: deque = deque()
+    pool = _DaemonPool(max(1, threads))
+    pending: deque = deque()
+    try:
         for item in items:
             pending.append((item, pool.submit(fn, item)))
             if len(pending) > threads:
@@ -72,6 +125,44 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, threads: int) -> It
         while pending:
             done, future = pending.popleft()
             yield done, future.result()
+    finally:
+        for _, future in pending:
+            future.cancel()
+        pool.close()
+
+
+class _DaemonPool:
+    """Threads for `ordered_map`. Daemon threads, unlike ThreadPoolExecutor's, which the
+    interpreter joins at exit: a call stuck in a read must not keep a process from exiting."""
+
+    def __init__(self, size: int) -> None:
+        self._calls: queue.SimpleQueue[tuple[Future[Any], Callable[[Any], Any], Any] | None] = (
+            queue.SimpleQueue())
+        self._size = size
+        self._started = 0
+
+    def submit(self, fn: Callable[[T], R], item: T) -> Future[R]:
+        if self._started < self._size:  # as many threads as calls, up to the size
+            threading.Thread(target=self._work, name="ordered-map", daemon=True).start()
+            self._started += 1
+        future: Future[R] = Future()
+        self._calls.put((future, fn, item))
+        return future
+
+    def _work(self) -> None:
+        while (call := self._calls.get()) is not None:
+            future, fn, item = call
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled while queued
+            try:
+                future.set_result(fn(item))
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on it
+                future.set_exception(exc)
+
+    def close(self) -> None:
+        """Each thread ends after the calls queued before; no one waits for it."""
+        for _ in range(self._started):
+            self._calls.put(None)
 
 
 def read_failure(ref: ImageRef, exc: BaseException) -> ImageFailure:
@@ -114,25 +205,6 @@ def duplicate_ids(ids: Iterable[int]) -> set[int]:
         return set()
     ordered = np.sort(np.frombuffer(packed, dtype=np.int64))
     return set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
-
-
-def unique_refs(refs: Callable[[], Iterator[ImageRef]], *, url: str) -> Iterator[ImageRef]:
-    """`refs()` with repeated image ids dropped (first one kept), in two streamed passes.
-
-    Lists of URIs (manifests, URI tables) can name an image twice; planning it twice would
-    annotate it twice. The first pass finds the repeated ids, the second drops them.
-    """
-    repeated = duplicate_ids(ref.image_id for ref in refs())
-    if repeated:
-        log.warning("%s names %d image(s) more than once; each is planned once",
-                    redact(url), len(repeated))
-    emitted: set[int] = set()
-    for ref in refs():
-        if ref.image_id in repeated:
-            if ref.image_id in emitted:
-                continue
-            emitted.add(ref.image_id)
-        yield ref
 
 
 def plan_containers(containers: Iterable[tuple[str, Iterable[ImageRef]]], *,

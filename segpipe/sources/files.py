@@ -2,8 +2,8 @@
 fsspec filesystem.
 
 The listing is streamed and sorted by key (see `listing`); files whose extension is not
-an image extension (compared case-insensitively) are skipped. Each file is one image,
-identified by its URI; its version is the ETag, else size and mtime.
+an image extension (compared case-insensitively) are skipped, and counted. Each file is
+one image, identified by its URI; its version is the ETag, else size and mtime.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from segpipe.identity import image_id
 from segpipe.records import ImageRef
-from segpipe.sources.base import Fetched
+from segpipe.sources.base import DEFAULT_MAX_IMAGE_BYTES, SKIP_EXTENSION, Fetched, Skipped
 from segpipe.sources.listing import expand_urls, list_files
 from segpipe.sources.uris import fetch_uris
 
@@ -44,12 +44,17 @@ class ImageFiles:
 
     url: str
     storage_options: dict[str, Any] = field(default_factory=dict)
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
 
-    def list_images(self) -> Iterator[ImageRef]:
+    def list_images(self, *, skipped: Skipped | None = None) -> Iterator[ImageRef]:
+        skipped = Skipped() if skipped is None else skipped
         for url in expand_urls(self.url):
-            for entry in list_files(url, self.storage_options):
+            for entry in list_files(url, self.storage_options, skipped=skipped):
                 if is_image_name(entry.path):
                     yield ImageRef(image_id(entry.uri), entry.uri, version=version_of(entry.info))
+                else:
+                    skipped[SKIP_EXTENSION] += 1
 
     def fetch(self, refs: Sequence[ImageRef], *, threads: int = 8) -> Fetched:
-        return fetch_uris(refs, self.storage_options, threads=threads)
+        return fetch_uris(refs, self.storage_options, threads=threads,
+                          max_bytes=self.max_image_bytes)

@@ -3,29 +3,46 @@
 - text (`.txt`, `.lst`): one URI per line; blank lines and lines starting with `#` are
   ignored.
 - CSV (`.csv`, `.tsv`): a header row; the URIs are in `uri_column`, else the first of
-  URI_COLUMNS in the header. The other columns are carried as the ref's fields.
+  URI_COLUMNS in the header. The other columns are carried as the ref's fields. A row
+  without a URI is counted as skipped.
 - Parquet: a table of URIs (see `table`).
 
-URIs may use any protocol; relative ones resolve against the manifest's folder. Each
-image is identified by its URI, and an image listed twice is planned once.
+URIs may use the protocols that the manifest's `UriPolicy` allows (see `policy`); relative
+ones resolve against the manifest's folder. Each image is identified by its URI, and an
+image listed twice is planned once (the plan drops repeats).
+
+A record that cannot be read (not UTF-8, a CSV field over the csv module's limit) is
+planned as a placeholder named by the manifest and the line the record starts on, and the
+worker makes it an errors row saying why: the rest of the manifest is planned as usual.
 
 A signed URI (a presigned URL) is planned redacted, located by the bytes of its record
 (see `located`): a worker re-reads the records of its shard, with one ranged read for
-records close together, which a shard's are.
+records close together, which a shard's are. A placeholder is located the same way, and
+its reason found again in its record's bytes.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
+from segpipe.identity import image_id
 from segpipe.records import ImageRef
-from segpipe.sources.base import Fetched, SourceConfigError, unique_refs
-from segpipe.sources.located import checked, uri_ref
+from segpipe.sources.base import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    SKIP_NO_URI,
+    Fetched,
+    Skipped,
+    SourceConfigError,
+    uri_of,
+)
+from segpipe.sources.located import SourceChangedError, checked, uri_ref
+from segpipe.sources.policy import UriPolicy
 from segpipe.sources.spans import Lines, Span, byte_runs
 from segpipe.sources.table import MAX_FIELD_CHARS, URI_COLUMNS
 from segpipe.sources.uris import fetch_uris, folder_of, resolve_uri
@@ -34,6 +51,24 @@ from segpipe.storage import filesystem, is_transient, redact, with_retries
 TEXT_SUFFIXES = (".txt", ".lst")
 CSV_DELIMITERS = {".csv": ",", ".tsv": "\t"}
 MANIFEST_SUFFIXES = TEXT_SUFFIXES + tuple(CSV_DELIMITERS)
+# The errors a record's own bytes can cause: anything else is about the whole file.
+RECORD_ERRORS = (csv.Error, UnicodeDecodeError)
+
+log = logging.getLogger(__name__)
+
+
+class UnreadableRecord(ValueError):
+    """A manifest record that could not be parsed; it names no image to read."""
+
+
+class Record(NamedTuple):
+    """One record of a manifest: its URI and fields, or the error that left them unknown."""
+
+    span: Span
+    line: int  # the line it starts on, from 1
+    text: str = ""
+    fields: dict[str, Any] | None = None
+    error: BaseException | None = None
 
 
 @dataclass
@@ -43,6 +78,9 @@ class Manifest:
     url: str
     storage_options: dict[str, Any] = field(default_factory=dict)
     uri_column: str | None = None
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    allow_uri_schemes: tuple[str, ...] = ()  # beyond those a manifest may always name
+    allow_private_hosts: bool = False
 
     @property
     def delimiter(self) -> str | None:
@@ -50,32 +88,54 @@ class Manifest:
         name = self.url.split("?", 1)[0].lower()
         return next((d for suffix, d in CSV_DELIMITERS.items() if name.endswith(suffix)), None)
 
-    def list_images(self) -> Iterator[ImageRef]:
-        return unique_refs(self._refs, url=self.url)
+    def uri_policy(self) -> UriPolicy:
+        return UriPolicy.for_list([self.url], extra_schemes=self.allow_uri_schemes,
+                                  private_hosts=self.allow_private_hosts)
 
-    def _refs(self) -> Iterator[ImageRef]:
+    def list_images(self, *, skipped: Skipped | None = None) -> Iterator[ImageRef]:
+        skipped = Skipped() if skipped is None else skipped
         folder = folder_of(self.url, self.storage_options)
         fs, path = filesystem(self.url, self.storage_options)
         with fs.open(path, "rb") as f:
             lines = Lines(f)
             delimiter = self.delimiter
-            records = self._csv_records(lines, delimiter) if delimiter else self._text_records(lines)
-            for text, fields, span in records:
-                yield uri_ref(resolve_uri(folder, text), fields, span.__str__)
+            records = (self._csv_records(lines, delimiter, skipped) if delimiter
+                       else self._text_records(lines))
+            for record in records:
+                if record.error is not None:
+                    yield self._placeholder(uri_of(self.url, path), record)
+                else:
+                    yield uri_ref(resolve_uri(folder, record.text), record.fields,
+                                  record.span.__str__)
+
+    def _placeholder(self, uri: str, record: Record) -> ImageRef:
+        """The ref that stands for a record that could not be read: an errors row later."""
+        log.warning("%s, line %d: %s; it becomes an errors row", redact(self.url), record.line,
+                    redact(f"{type(record.error).__name__}: {record.error}"))
+        member = f"line={record.line}"
+        return ImageRef(image_id(uri, member), uri, member, locator=str(record.span))
 
     @staticmethod
-    def _text_records(lines: Lines) -> Iterator[tuple[str, dict[str, Any], Span]]:
-        start = 0
-        for line in lines:
-            text = line.strip()
+    def _text_records(lines: Lines) -> Iterator[Record]:
+        while True:
+            start, line = lines.offset, lines.count + 1
+            try:
+                text = next(lines).strip()
+            except StopIteration:
+                return
+            except UnicodeDecodeError as exc:
+                yield Record(Span(start, lines.offset - start), line, error=exc)
+                continue
             if text and not text.startswith("#"):
-                yield text, {}, Span(start, lines.offset - start)
-            start = lines.offset
+                yield Record(Span(start, lines.offset - start), line, text)
 
-    def _csv_records(self, lines: Lines, delimiter: str,
-                     ) -> Iterator[tuple[str, dict[str, Any], Span]]:
+    def _csv_records(self, lines: Lines, delimiter: str, skipped: Skipped) -> Iterator[Record]:
         reader = csv.reader(lines, delimiter=delimiter)
-        header = next(reader, [])
+        try:
+            header = next(reader, [])
+        except RECORD_ERRORS as exc:
+            raise SourceConfigError(f"{redact(self.url)}: its header row could not be read: "
+                                    f"{exc}") from exc
         wanted = [self.uri_column] if self.uri_column else list(URI_COLUMNS)
         column = next((name for name in wanted if name in header), None)
         if column is None:
@@ -84,25 +144,36 @@ class Manifest:
                 f"({', '.join(header)}); name it with --uri-column")
         # A repeated name reads as its last column, as csv.DictReader reads it.
         index = len(header) - 1 - header[::-1].index(column)
-        start = lines.offset
-        for row in reader:
+        while True:
+            start, line = lines.offset, lines.count + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except RECORD_ERRORS as exc:
+                # The reader starts afresh at the next line: only this record is lost.
+                yield Record(Span(start, lines.offset - start), line, error=exc)
+                continue
             # Values past the header have no name, and a short row lacks its last columns:
             # neither is carried, as with csv.DictReader.
             record = dict(zip(header, row, strict=False))
             text = (record.pop(column, None) or "").strip()
-            if text:
-                fields = {k: v for k, v in record.items() if len(v) <= MAX_FIELD_CHARS}
-                yield text, fields, Span(start, lines.offset - start, index)
-            start = lines.offset
+            if not text:
+                skipped[SKIP_NO_URI] += 1
+                continue
+            fields = {k: v for k, v in record.items() if len(v) <= MAX_FIELD_CHARS}
+            yield Record(Span(start, lines.offset - start, index), line, text, fields)
 
     def fetch(self, refs: Sequence[ImageRef], *, threads: int = 8) -> Fetched:
-        return fetch_uris(refs, self.storage_options, threads=threads, recover=self._recover)
+        return fetch_uris(refs, self.storage_options, threads=threads, recover=self._recover,
+                          policy=self.uri_policy(), max_bytes=self.max_image_bytes)
 
     def _recover(self, refs: list[ImageRef]) -> dict[int, str | BaseException]:
-        """The real URI of each ref planned redacted, re-read from its record's bytes."""
+        """The real URI of each ref planned redacted, re-read from its record's bytes (and
+        for a placeholder, why its record cannot be read)."""
         fs, path = filesystem(self.url, self.storage_options)
         folder = folder_of(self.url, self.storage_options)
-        delimiter = self.delimiter or ","  # only CSV records name a column
+        source = f"the manifest {redact(self.url)}"
         found: dict[int, str | BaseException] = {}
         for run in byte_runs([(ref, Span.parse(ref.locator or "")) for ref in refs]):
             try:
@@ -116,24 +187,46 @@ class Manifest:
                 found.update((ref.image_id, error) for ref, _ in run.spans)
                 continue
             for ref, span in run.spans:
-                uri = _uri_in(run.data_of(data, span), span, folder, delimiter)
-                found[ref.image_id] = checked(ref, uri, source=f"the manifest {redact(self.url)}",
+                record = run.data_of(data, span)
+                if ref.member is not None:
+                    found[ref.image_id] = _unreadable(record, span, self.delimiter, source)
+                    continue
+                uri = _uri_in(record, span, folder, self.delimiter or ",")
+                found[ref.image_id] = checked(ref, uri, source=source,
                                               where=f"the record at {span}")
         return found
+
+
+def _parse(record: bytes, span: Span, delimiter: str | None) -> list[str]:
+    """A record's values (its one line, for a text manifest), parsed as when planning."""
+    text = record.decode("utf-8")
+    if span.offset == 0:
+        text = text.removeprefix("\ufeff")
+    if delimiter is None:
+        return [text]
+    return next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), [])
+
+
+def _unreadable(record: bytes, span: Span, delimiter: str | None, source: str) -> BaseException:
+    """Why a record planned as a placeholder cannot be read, found again in its bytes."""
+    try:
+        _parse(record, span, delimiter)
+    except RECORD_ERRORS as exc:
+        kind = "UTF-8" if isinstance(exc, UnicodeDecodeError) else "CSV"
+        return UnreadableRecord(f"this record of the manifest is not valid {kind} ({exc}); "
+                                "fix or remove it")
+    return SourceChangedError(f"{source} changed since this run was planned: the record at "
+                              f"{span} could not be read then, and reads now")
 
 
 def _uri_in(record: bytes, span: Span, folder: str, delimiter: str) -> str | None:
     """The URI a record's bytes list now, parsed as when planning; None for none."""
     try:
-        text = record.decode("utf-8")
-        if span.offset == 0:
-            text = text.removeprefix("\ufeff")
-        if span.column is not None:
-            row = next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), [])
-            text = row[span.column] if span.column < len(row) else ""
-    except (UnicodeDecodeError, csv.Error):
+        row = _parse(record, span, delimiter if span.column is not None else None)
+    except RECORD_ERRORS:
         return None
-    text = text.strip()
+    column = 0 if span.column is None else span.column
+    text = row[column].strip() if column < len(row) else ""
     if not text or (span.column is None and text.startswith("#")):
         return None
     return resolve_uri(folder, text)

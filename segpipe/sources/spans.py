@@ -71,23 +71,26 @@ def byte_runs(spans: list[tuple[T, Span]], max_gap: int = MAX_GAP) -> Iterator[R
 
 class Lines:
     """The lines of a binary file as text, each with its line end, split where text mode
-    with newline="" splits (\\n, \\r\\n, \\r); `offset` is the byte where the next starts.
-    UTF-8, with a byte order mark at the start skipped (as utf-8-sig reads)."""
+    with newline="" splits (\\n, \\r\\n, \\r); `offset` is the byte where the next starts,
+    `count` the number of lines read. UTF-8, with a byte order mark at the start skipped
+    (as utf-8-sig reads). A line that is not UTF-8 raises UnicodeDecodeError, past which
+    reading goes on with the next line."""
 
     def __init__(self, f: IO[bytes]) -> None:
         self._raw = self._split(f)
         self.offset = 0
+        self.count = 0
 
     def __iter__(self) -> Lines:
         return self
 
     def __next__(self) -> str:
         raw = next(self._raw)
-        text = raw.decode("utf-8")
-        if self.offset == 0:
-            text = text.removeprefix("\ufeff")
+        first = self.offset == 0
         self.offset += len(raw)
-        return text
+        self.count += 1
+        text = raw.decode("utf-8")
+        return text.removeprefix("\ufeff") if first else text
 
     @staticmethod
     def _split(f: IO[bytes]) -> Iterator[bytes]:

@@ -9,8 +9,11 @@ A table holds either image bytes or image URIs:
   `id_column` when given (it must be unique and non-null within a file).
 - URIs: `uri_column`, else the first of URI_COLUMNS that is a string. Each image is
   identified by its own URI (relative ones resolve against the table's folder), and an
-  image named twice is planned once. A signed URI is planned redacted, located by its
-  table file and row (see `located`).
+  image named twice is planned once (the plan drops repeats). A signed URI is planned
+  redacted, located by its table file and row (see `located`). What the URIs may reach
+  is limited as for manifests (see `policy`); a row without a URI is counted as skipped.
+
+An image of more than `max_image_bytes` is an errors row.
 
 Other scalar columns (numbers, booleans, dates, strings up to MAX_FIELD_CHARS) are
 carried as the ref's fields. Files are read by row batches, never whole.
@@ -34,18 +37,22 @@ import pyarrow.parquet as pq
 from segpipe.identity import image_id
 from segpipe.records import ImageRef
 from segpipe.sources.base import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    SKIP_NO_URI,
     UNREADABLE,
     Fetched,
     Scan,
+    Skipped,
     SourceConfigError,
     duplicate_ids,
     fetch_scanned,
     plan_containers,
-    unique_refs,
+    too_large,
 )
 from segpipe.sources.files import version_of
-from segpipe.sources.listing import FileEntry, container_files
+from segpipe.sources.listing import FileEntry, container_files, expand_urls
 from segpipe.sources.located import checked, uri_ref
+from segpipe.sources.policy import UriPolicy
 from segpipe.sources.uris import fetch_uris, resolve_uri
 from segpipe.storage import filesystem, is_transient, redact, with_retries
 
@@ -104,17 +111,27 @@ class ParquetTable:
     uri_column: str | None = None
     id_column: str | None = None
     uris_only: bool = False  # a Parquet manifest: URIs, never bytes
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    allow_uri_schemes: tuple[str, ...] = ()  # beyond those a URI table may always name
+    allow_private_hosts: bool = False
 
-    def list_images(self) -> Iterator[ImageRef]:
+    def list_images(self, *, skipped: Skipped | None = None) -> Iterator[ImageRef]:
+        skipped = Skipped() if skipped is None else skipped
         if self._holds_uris():
-            return unique_refs(lambda: self._plan(self._list_uris), url=self.url)
-        return self._plan(self._list_rows)
+            return self._plan(partial(self._list_uris, skipped=skipped), skipped)
+        return self._plan(self._list_rows, skipped)
 
-    def _files(self) -> Iterator[FileEntry]:
-        return container_files(self.url, self.storage_options, PARQUET_SUFFIXES, may_be_folder=True)
+    def uri_policy(self) -> UriPolicy:
+        return UriPolicy.for_list(expand_urls(self.url), extra_schemes=self.allow_uri_schemes,
+                                  private_hosts=self.allow_private_hosts)
 
-    def _plan(self, refs_of: Callable[[FileEntry], Iterator[ImageRef]]) -> Iterator[ImageRef]:
-        containers = ((entry.uri, refs_of(entry)) for entry in self._files())
+    def _files(self, skipped: Skipped | None = None) -> Iterator[FileEntry]:
+        return container_files(self.url, self.storage_options, PARQUET_SUFFIXES,
+                               may_be_folder=True, skipped=skipped)
+
+    def _plan(self, refs_of: Callable[[FileEntry], Iterator[ImageRef]],
+              skipped: Skipped) -> Iterator[ImageRef]:
+        containers = ((entry.uri, refs_of(entry)) for entry in self._files(skipped))
         return plan_containers(containers, url=self.url)
 
     def _holds_uris(self) -> bool:
@@ -210,9 +227,10 @@ class ParquetTable:
             raise SourceConfigError(f"{redact(uri)}: id column {self.id_column!r} repeats "
                                     f"{len(repeated)} value(s); ids must be unique per file")
 
-    def _list_uris(self, entry: FileEntry) -> Iterator[ImageRef]:
+    def _list_uris(self, entry: FileEntry, *, skipped: Skipped) -> Iterator[ImageRef]:
         """One ref per row of a table of image URIs, identified by the URI; a signed URI is
-        planned redacted and located by its row (see `located`)."""
+        planned redacted and located by its row (see `located`). Rows without a URI are
+        counted in `skipped`."""
         fs, path = filesystem(entry.uri, self.storage_options)
         folder = entry.uri.rsplit("/", 1)[0]
         with fs.open(path, "rb", block_size=BLOCK_SIZE) as f:
@@ -227,6 +245,8 @@ class ParquetTable:
                     if text and text.strip():
                         uri = resolve_uri(folder, text.strip())
                         yield uri_ref(uri, fields, partial(_row_locator, entry.uri, row))
+                    else:
+                        skipped[SKIP_NO_URI] += 1
                     row += 1
 
     def fetch(self, refs: Sequence[ImageRef], *, threads: int = 8) -> Fetched:
@@ -236,7 +256,8 @@ class ParquetTable:
             batch = list(group)
             if table is None:
                 yield from fetch_uris(batch, self.storage_options, threads=threads,
-                                      recover=self._recover)
+                                      recover=self._recover, policy=self.uri_policy(),
+                                      max_bytes=self.max_image_bytes)
             else:
                 keys = [None if ref.member == UNREADABLE else ref.member for ref in batch]
                 yield from fetch_scanned(batch, keys, self._scanner(table, set(keys) - {None}))
@@ -303,7 +324,8 @@ class ParquetTable:
                         for offset in range(batch.num_rows):
                             member = rows.get(row + offset)
                             if member is not None:
-                                yield member, _image_bytes(batch.column(0)[offset].as_py(), image)
+                                value = batch.column(0)[offset].as_py()
+                                yield member, _image_bytes(value, image, self.max_image_bytes)
                         row += batch.num_rows
 
         return scan
@@ -348,9 +370,11 @@ def _batch_fields(batch: pa.RecordBatch, names: list[str]) -> Iterator[dict[str,
         yield {name: _field_value(column[i]) for name, column in zip(names, columns, strict=True)}
 
 
-def _image_bytes(value: Any, column: str) -> bytes | BaseException:
+def _image_bytes(value: Any, column: str, max_bytes: int) -> bytes | BaseException:
     if isinstance(value, dict):  # a struct, as Hugging Face datasets store images
         value = value.get("bytes")
     if not value:
         return ValueError(f"no image bytes in column {column!r}")
+    if len(value) > max_bytes:
+        return too_large(len(value), max_bytes)
     return value

@@ -5,7 +5,9 @@ SRC names the shards: one `.tar`, a brace pattern (`shard-{0000..0099}.tar`), a
 order. As in WebDataset, consecutive members with the same key (the member path up to
 the first dot of its basename) form a sample; the sample's first member whose extension
 is an image extension (`jpg`, `png`, `webp`, ...; not `seg.png`) is its image and is
-annotated. Other members (labels, metadata, masks) are not images and are skipped.
+annotated. Other members (labels, metadata, masks) are not images and are skipped; files
+of a listed folder that are not `.tar` files are counted as skipped keys. A member bigger
+than the byte limit is an errors row, and is not read.
 
 Identity: `uri` is the tar's URI, `member` the image member's name. Planning reads tar
 headers only; a worker reads each tar of its shard once, front to back. A tar that cannot
@@ -26,12 +28,15 @@ from typing import IO, Any
 from segpipe.identity import image_id
 from segpipe.records import ImageRef
 from segpipe.sources.base import (
+    DEFAULT_MAX_IMAGE_BYTES,
     UNREADABLE,
     Fetched,
     Scan,
+    Skipped,
     fetch_scanned,
     ordered_map,
     plan_containers,
+    too_large,
 )
 from segpipe.sources.files import IMAGE_EXTENSIONS, version_of
 from segpipe.sources.listing import FileEntry, container_files
@@ -95,9 +100,10 @@ class TarShards:
     url: str
     storage_options: dict[str, Any] = field(default_factory=dict)
     list_threads: int = 8  # tars whose headers are read at once while planning
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
 
-    def list_images(self) -> Iterator[ImageRef]:
-        tars = container_files(self.url, self.storage_options, TAR_SUFFIXES)
+    def list_images(self, *, skipped: Skipped | None = None) -> Iterator[ImageRef]:
+        tars = container_files(self.url, self.storage_options, TAR_SUFFIXES, skipped=skipped)
         listed = ordered_map(self._members, tars, threads=self.list_threads)
         return plan_containers(((tar.uri, _refs(tar, *found)) for tar, found in listed),
                                url=self.url)
@@ -143,7 +149,7 @@ class TarShards:
                 for info in members:
                     if info.name in left:
                         left.discard(info.name)
-                        yield info.name, _read_data(f, info)
+                        yield info.name, _read_data(f, info, self.max_image_bytes)
                         if not left and not to_end:
                             return
 
@@ -157,9 +163,11 @@ def _refs(tar: FileEntry, names: list[str], error: BaseException | None) -> Iter
         raise error
 
 
-def _read_data(f: IO[bytes], info: tarfile.TarInfo) -> bytes | BaseException:
+def _read_data(f: IO[bytes], info: tarfile.TarInfo, max_bytes: int) -> bytes | BaseException:
     if info.issparse():
         return tarfile.ReadError("sparse tar members are not supported")
+    if info.size > max_bytes:  # the header tells: no need to read it to refuse it
+        return too_large(info.size, max_bytes)
     f.seek(info.offset_data)
     data = f.read(info.size)
     if len(data) != info.size:
