@@ -83,7 +83,7 @@ def run_annotate(src: str, dst: str, *extra: str) -> tuple[float, dict[str, Any]
                     *extra], check=True, env={**os.environ, "RAY_ADDRESS": ""},
                    stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - started
-    from segpipe.storage import Folder
+    from segpipe.io.storage import Folder
 
     dest = Folder(dst)
     run_id = sorted(k.split("/")[2] for k in dest.list("_segpipe/runs") if k.endswith("summary.json"))[-1]

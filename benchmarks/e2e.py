@@ -39,7 +39,7 @@ def baseline_pipeline(model_dir: str, uris: list[str]) -> tuple[float, float]:
     the seconds to load the model and the seconds of the loop."""
     from transformers import pipeline
 
-    from segpipe.storage import filesystem
+    from segpipe.io.storage import filesystem
 
     started = time.perf_counter()
     segment = pipeline("image-segmentation", model=model_dir, device="cpu")
@@ -68,9 +68,9 @@ class CpuMeter:
 
 
 def throughput_case(model: str, count: int, batch_size: int) -> None:
-    from segpipe.models import resolve_location
-    from segpipe.storage import filesystem
-    from segpipe.synth import write_scenes
+    from segpipe.demo.synth import write_scenes
+    from segpipe.io.storage import filesystem
+    from segpipe.model.loading import resolve_location
 
     with local_s3() as s3:
         import boto3

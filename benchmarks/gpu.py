@@ -4,7 +4,7 @@ For each batch size (1, 8 and 16) it measures images/s of
   - the forward alone (preprocessed inputs already on the device);
   - the whole model stage run serially: `Segmenter.forward` then `Segmenter.finish` per
     batch (preprocess + forward + post-process on the device, id maps back on the CPU);
-  - the whole model stage run the way `segpipe.pipeline.process_shard` runs it: `finish` of
+  - the whole model stage run the way `segpipe.pipeline.shard.process_shard` runs it: `finish` of
     batch N on one worker thread while batch N+1 is in `forward`;
 and, for both stage runs, the share of wall time outside the forward
 (1 - sum(Forwarded.forward_s) / wall). It also times our panoptic post-processing
@@ -39,11 +39,11 @@ import numpy as np
 import torch
 
 from benchmarks.postprocess import sync
-from segpipe import postprocess
+from segpipe.core.records import DecodedImage, ImageFailure, ImageRef, Prediction
 from segpipe.labels import bundled, match_label_set
-from segpipe.models import DTYPES, LoadedModel
-from segpipe.records import DecodedImage, ImageFailure, ImageRef, Prediction
-from segpipe.segmenter import Forwarded, Segmenter
+from segpipe.model import postprocess
+from segpipe.model.loading import DTYPES, LoadedModel
+from segpipe.model.segmenter import Forwarded, Segmenter
 
 RESULTS = Path(__file__).parent / "results" / "gpu.json"
 # What benchmarks/run_all.py states about gpu.json when it renders docs/benchmarks.md.
@@ -75,7 +75,7 @@ def build_model(tiny: bool) -> torch.nn.Module:
 
 
 def torchvision_processor(size: dict[str, int]) -> Any:
-    """Mask2Former's image processor with the torchvision backend (what segpipe.models
+    """Mask2Former's image processor with the torchvision backend (what segpipe.model.loading
     loads), which preprocesses on the model's device. Later transformers 5.x name it
     `Mask2FormerImageProcessor`; earlier 5.x `Mask2FormerImageProcessorFast`."""
     import transformers
@@ -132,7 +132,7 @@ class StageRuns:
             self._finish(self._forward(batch))
 
     def pipelined(self) -> None:
-        """As segpipe.pipeline.process_shard: one finishing thread, at most two batches
+        """As segpipe.pipeline.shard.process_shard: one finishing thread, at most two batches
         waiting on it, results collected in order."""
         pending: deque[Future[None]] = deque()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="finish") as finishing:

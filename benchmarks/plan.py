@@ -21,11 +21,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from segpipe.identity import image_id
-from segpipe.plan import write_plan
-from segpipe.records import ImageRef
+from segpipe.core.identity import image_id
+from segpipe.core.records import ImageRef
+from segpipe.destination.plan import write_plan
+from segpipe.io.storage import Folder
 from segpipe.sources.base import Fetched, Skipped
-from segpipe.storage import Folder
 
 CASES = (1_000_000, 100_000)
 SHARD_SIZE = 256  # the job's default

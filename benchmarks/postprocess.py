@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from segpipe import postprocess
+from segpipe.model import postprocess
 
 CASES = {"640x480": (480, 640), "1920x1080": (1080, 1920)}
 TASKS = ("panoptic", "instance", "semantic")

@@ -3,7 +3,7 @@
     python jobs/eval_demo.py [--model segpipe/builtin/demo] [--seed 999] [--count 200]
 
 Writes the scenes (ground truth) and the model's predictions as COCO panoptic into a
-temporary folder, then scores them with `segpipe.evaluate`. Seed 999 is held out: the
+temporary folder, then scores them with `segpipe.tools.evaluate`. Seed 999 is held out: the
 demo model never trains on it.
 """
 
@@ -25,9 +25,9 @@ import torch  # noqa: E402
 from PIL import Image
 from transformers import Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor
 
-from segpipe.evaluate import evaluate, format_report
-from segpipe.storage import Folder
-from segpipe.synth import ids_to_rgb, png_bytes, write_scenes
+from segpipe.demo.synth import ids_to_rgb, png_bytes, write_scenes
+from segpipe.io.storage import Folder
+from segpipe.tools.evaluate import evaluate, format_report
 
 HELD_OUT_SEED = 999
 HELD_OUT_COUNT = 200
@@ -102,7 +102,7 @@ def _read_rgb(folder: Folder, key: str) -> np.ndarray:
 
 def measure(model_dir: str | Path, seed: int = HELD_OUT_SEED, count: int = HELD_OUT_COUNT,
             work_dir: str | None = None) -> dict[str, Any]:
-    """PQ / SQ / RQ of the model on `count` scenes of `seed` (see segpipe.evaluate)."""
+    """PQ / SQ / RQ of the model on `count` scenes of `seed` (see segpipe.tools.evaluate)."""
     with tempfile.TemporaryDirectory() as tmp:
         root = work_dir or tmp
         gt, pred = f"{root}/gt", f"{root}/pred"

@@ -2,7 +2,7 @@
 
     python jobs/train_demo.py [--out segpipe/builtin/demo] [--minutes 13]
 
-Training scenes come from `segpipe.synth` with TRAIN_SEEDS only; seed 999 is held out
+Training scenes come from `segpipe.demo.synth` with TRAIN_SEEDS only; seed 999 is held out
 for evaluation and never trained on. Training stops at a wall-clock limit (the CPU may
 be shared), then the job measures PQ on 200 held-out scenes and writes the model,
 its processor, labels.json and MODEL_CARD.md.
@@ -36,7 +36,7 @@ from transformers import (
     SwinConfig,
 )
 
-from segpipe.synth import CATEGORIES, make_scene
+from segpipe.demo.synth import CATEGORIES, make_scene
 
 TRAIN_SEEDS = (1, 2, 3, 4)
 SIZE = 128
@@ -254,7 +254,7 @@ CARD = """\
 A small Mask2Former (panoptic) trained by segpipe on synthetic scenes, bundled so that
 the pipeline, the exporters and `segpipe eval` can be exercised offline with a model
 that gives meaningful output. It knows nothing but the synthetic scenes of
-`segpipe.synth`; it is not meant for real photographs.
+`segpipe.demo.synth`; it is not meant for real photographs.
 
 ## Model
 
@@ -273,7 +273,7 @@ that gives meaningful output. It knows nothing but the synthetic scenes of
 
 ## Data
 
-`segpipe.synth.make_scene`: textured stuff bands (sky, ground, water) under 2 to 5
+`segpipe.demo.synth.make_scene`: textured stuff bands (sky, ground, water) under 2 to 5
 flat-colored shapes (circle, square, triangle, star, ellipse), each class in its own hue
 family; shapes of different classes overlap (each stays at least 60% visible), shapes of
 one class never touch; image sides 96 to 192 px, aspect ratio at most 1.33.
@@ -294,7 +294,7 @@ a busy machine takes fewer steps and scores lower.
 ## Quality
 
 Measured by the job on {held_out_count} held-out scenes of seed {held_out} ({images}
-evaluated) with `segpipe.evaluate` (COCO panoptic quality; x100), predictions from
+evaluated) with `segpipe.tools.evaluate` (COCO panoptic quality; x100), predictions from
 `post_process_panoptic_segmentation` with threshold {threshold}, stuff labels fused:
 
 | | PQ | SQ | RQ | categories |

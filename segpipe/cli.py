@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from segpipe.config import DTYPES, TASKS, JobConfig
+from segpipe.core.config import DTYPES, TASKS, JobConfig
 
 SOURCE_FORMATS = ("images", "webdataset", "parquet", "manifest")
 # Kept here rather than imported so the CLI starts without loading the export stack;
@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
-    from segpipe.annotate import annotate
+    from segpipe.app.annotate import annotate
 
     config = config_from_args(args)
     summary = annotate(config)
@@ -228,7 +228,7 @@ def _print_outputs(dst: str, summary: dict[str, Any]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from segpipe.jobspec import load_spec, run_spec
+    from segpipe.app.jobspec import load_spec, run_spec
 
     overrides = {k: v for k, v in vars(args).items()
                  if k not in ("command", "func", "spec", "verbose")}
@@ -236,8 +236,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from segpipe.status import format_status, job_status
-    from segpipe.storage import Folder
+    from segpipe.app.status import format_status, job_status
+    from segpipe.io.storage import Folder
 
     status = job_status(Folder(args.dst, args.storage_options or {}))
     print(json.dumps(status, indent=2) if args.json else format_status(status))
@@ -245,8 +245,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from segpipe.status import format_runs, run_records
-    from segpipe.storage import Folder
+    from segpipe.app.status import format_runs, run_records
+    from segpipe.io.storage import Folder
 
     records = run_records(Folder(args.dst, args.storage_options or {}))
     print(json.dumps(records, indent=2) if args.json else format_runs(records))
@@ -254,7 +254,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from segpipe.evaluate import evaluate, format_report
+    from segpipe.tools.evaluate import evaluate, format_report
 
     pred, gt = args.pred_dst.rstrip("/"), args.gt.rstrip("/")
     result = evaluate(f"{pred}/panoptic.json", f"{pred}/panoptic", f"{gt}/panoptic.json",
@@ -264,7 +264,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from segpipe.export import run_export
+    from segpipe.tools.export import run_export
 
     counts = run_export(args.dst, format=args.format, out=args.out,
                         image_prefix=args.image_prefix, image_root=args.image_root,
@@ -279,7 +279,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    from segpipe.preview import write_preview
+    from segpipe.tools.preview import write_preview
 
     url = write_preview(args.dst, out=args.out, limit=args.limit,
                         storage_options=args.storage_options)
@@ -288,7 +288,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from segpipe.synth import write_scenes
+    from segpipe.demo.synth import write_scenes
 
     write_scenes(args.out, args.count, args.seed, storage_options=args.storage_options)
     print(f"wrote {args.count} scenes to {args.out} (images/, panoptic.json, panoptic/)")
@@ -296,7 +296,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from segpipe.demo import run_demo
+    from segpipe.demo.run import run_demo
 
     return run_demo(args.out, count=args.count, seed=args.seed)
 
@@ -315,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI's one place that turns errors into messages
-        from segpipe.storage import describe_error, redact
+        from segpipe.io.storage import describe_error, redact
 
         if args.verbose:
             raise

@@ -23,9 +23,9 @@ from typing import Any
 import ray
 from ray.cluster_utils import Cluster
 
-from segpipe.annotate import annotate
-from segpipe.config import JobConfig
-from segpipe.storage import Folder
+from segpipe.app.annotate import annotate
+from segpipe.core.config import JobConfig
+from segpipe.io.storage import Folder
 
 # --node-wait per scenario: long where a node joins (starting it and a worker on it takes
 # seconds on a busy machine), short where none will.

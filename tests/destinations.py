@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from segpipe.annotate import annotate
-from segpipe.config import JobConfig
+from segpipe.app.annotate import annotate
+from segpipe.core.config import JobConfig
 from tests.conftest import write_images
 
 NUM_IMAGES = 8

@@ -11,7 +11,7 @@ import pyarrow.dataset as ds
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from segpipe.storage import Folder
+from segpipe.io.storage import Folder
 
 
 def read_table(dst: Folder, name: str) -> list[dict[str, Any]]:

@@ -6,10 +6,11 @@ import dataclasses
 
 import pytest
 
-from segpipe.annotate import DestinationMismatch, annotate
+from segpipe.app.annotate import annotate
 from segpipe.cli import build_parser, main
-from segpipe.config import JobConfig
-from segpipe.storage import Folder, filesystem
+from segpipe.core.config import JobConfig
+from segpipe.destination.runs import DestinationMismatch
+from segpipe.io.storage import Folder, filesystem
 from tests.conftest import write_images
 from tests.outputs import check_contract, read_table
 

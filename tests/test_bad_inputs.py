@@ -23,13 +23,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segpipe.annotate import annotate, check_settings, prepare_run
+from segpipe.app.annotate import annotate
 from segpipe.cli import main
-from segpipe.config import JobConfig
-from segpipe.decode import decode_image
-from segpipe.records import DecodedImage, ImageFailure, ImageRef
+from segpipe.core.config import JobConfig
+from segpipe.core.records import DecodedImage, ImageFailure, ImageRef
+from segpipe.destination.runs import check_settings, prepare_run
+from segpipe.io.storage import Folder
+from segpipe.pipeline.decode import decode_image
 from segpipe.sources import open_source
-from segpipe.storage import Folder
 from tests.outputs import read_id_map, read_panoptic, read_table
 
 MAX_PIXELS = 5000  # the job's decompression-bomb limit: "big.png" is over it, the rest under

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segpipe.annotate import DestinationMismatch, JobFailed, annotate, check_settings, prepare_run
-from segpipe.config import JobConfig
-from segpipe.models import ModelLoadError
+from segpipe.app.annotate import JobFailed, annotate
+from segpipe.core.config import JobConfig
+from segpipe.destination.runs import DestinationMismatch, check_settings, prepare_run
+from segpipe.io.storage import Folder, filesystem
+from segpipe.model.loading import ModelLoadError
 from segpipe.sources import open_source
-from segpipe.storage import Folder, filesystem
 from tests.conftest import write_images
 from tests.models import save_tiny_mask2former
 from tests.outputs import read_panoptic, read_table

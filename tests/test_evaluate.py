@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segpipe.evaluate import evaluate, format_report
-from segpipe.synth import write_scenes
+from segpipe.demo.synth import write_scenes
+from segpipe.tools.evaluate import evaluate, format_report
 
 CATEGORIES = [
     {"id": 1, "name": "disc", "isthing": 1, "color": [255, 0, 0]},

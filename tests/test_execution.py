@@ -14,10 +14,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from segpipe.annotate import JobFailed, annotate
+from segpipe.app.annotate import JobFailed, annotate
 from segpipe.cli import main
-from segpipe.config import JobConfig
-from segpipe.storage import Folder
+from segpipe.core.config import JobConfig
+from segpipe.io.storage import Folder
 from tests.conftest import write_images
 from tests.outputs import check_contract, read_table
 
@@ -185,7 +185,7 @@ def test_a_shard_over_its_timeout_is_retried_on_a_new_worker_then_failed(tmp_pat
 
 
 def test_ordered_map_does_not_wait_for_a_call_that_never_returns():
-    from segpipe.sources.base import ordered_map
+    from segpipe.core.concurrency import ordered_map
 
     release = threading.Event()
 
@@ -213,7 +213,7 @@ def test_a_process_exits_though_a_read_it_started_never_returns(tmp_path):
     image.write_bytes(b"png")
     script = (
         "import sys, time\n"
-        "from segpipe.sources.base import ordered_map\n"
+        "from segpipe.core.concurrency import ordered_map\n"
         "read = lambda path: open(path, 'rb').read()\n"
         "results = ordered_map(read, sys.argv[1:], threads=1)\n"
         "next(results)  # the image; the FIFO's read has started, and blocks\n"
@@ -255,7 +255,7 @@ def test_every_numeric_option_has_a_rule():
     import dataclasses
     import typing
 
-    from segpipe.config import NUMERIC_CHECKS
+    from segpipe.core.config import NUMERIC_CHECKS
 
     hints = typing.get_type_hints(JobConfig)
     numeric = {f.name for f in dataclasses.fields(JobConfig)
@@ -271,7 +271,7 @@ def test_the_cli_refuses_a_meaningless_threshold_before_starting(tmp_path, capsy
 
 
 def test_workers_that_take_no_gpu_count_as_cpu_workers():
-    from segpipe.executor import workers_for
+    from segpipe.runtime.pool import workers_for
 
     assert workers_for(32, 4, gpus_per_worker=0) == 4  # on the CPU: one per 8 CPUs
     assert workers_for(32, 4, gpus_per_worker=0.5) == 8
@@ -279,7 +279,7 @@ def test_workers_that_take_no_gpu_count_as_cpu_workers():
 
 
 def test_workers_get_only_allow_listed_variables():
-    from segpipe.executor import forwarded_env
+    from segpipe.runtime.pool import forwarded_env
 
     environ = {"AWS_ENDPOINT_URL": "http://s3.local", "AWS_ENDPOINT_URL_S3": "http://s3.local",
                "AWS_REGION": "eu-west-1", "AWS_PROFILE": "lake", "AWS_MAX_ATTEMPTS": "5",

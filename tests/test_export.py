@@ -13,12 +13,12 @@ from label_studio_sdk.converter.brush import decode_rle, mask2rle
 from label_studio_sdk.label_interface import LabelInterface
 from pycocotools.coco import COCO
 
-from segpipe import layout
-from segpipe.export import run_export
-from segpipe.export.brush import encode_mask
-from segpipe.export.images import ImageNaming, refuse_duplicate_cvat_names
-from segpipe.reading import AnnotatedImage, NothingCommitted, committed_shards
-from segpipe.storage import Folder, filesystem
+from segpipe.destination import layout
+from segpipe.destination.reader import AnnotatedImage, NothingCommitted, committed_shards
+from segpipe.formats.brush import encode_mask
+from segpipe.io.storage import Folder, filesystem
+from segpipe.tools.export import run_export
+from segpipe.tools.export.images import ImageNaming, refuse_duplicate_cvat_names
 from tests.destinations import annotated, copy_of
 from tests.outputs import read_id_map, read_panoptic
 

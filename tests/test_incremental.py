@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segpipe.annotate import annotate
+from segpipe.app.annotate import annotate
 from segpipe.cli import main
-from segpipe.config import JobConfig
-from segpipe.reading import table_dataset
-from segpipe.storage import Folder
+from segpipe.core.config import JobConfig
+from segpipe.destination.reader import table_dataset
+from segpipe.io.storage import Folder
 from tests.conftest import write_images
 from tests.outputs import read_panoptic, read_table
 

@@ -8,8 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from segpipe.app.jobspec import (
+    AnnotateStep,
+    ExportStep,
+    SpecError,
+    load_spec,
+    run_spec,
+    with_overrides,
+)
 from segpipe.cli import main
-from segpipe.jobspec import AnnotateStep, ExportStep, SpecError, load_spec, run_spec, with_overrides
 from tests.conftest import write_images
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from segpipe.decode import decode_image
-from segpipe.identity import image_id
-from segpipe.models import ModelLoadError, load_model
-from segpipe.records import DecodedImage, ImageFailure, ImageRef, Prediction
-from segpipe.segmenter import Segmenter
-from segpipe.storage import filesystem
+from segpipe.core.identity import image_id
+from segpipe.core.records import DecodedImage, ImageFailure, ImageRef, Prediction
+from segpipe.io.storage import filesystem
+from segpipe.model.loading import ModelLoadError, load_model
+from segpipe.model.segmenter import Segmenter
+from segpipe.pipeline.decode import decode_image
 from tests.models import save_tiny_mask2former, save_tiny_maskformer, save_tiny_oneformer
 
 SAVERS = {"mask2former": save_tiny_mask2former, "oneformer": save_tiny_oneformer,

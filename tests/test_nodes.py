@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from segpipe.storage import Folder
+from segpipe.io.storage import Folder
 from tests.cluster_job import NODE_WAIT_S
 from tests.conftest import write_images
 from tests.outputs import check_contract

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from segpipe.annotate import busy_seconds
-from segpipe.pipeline import process_shard
-from segpipe.records import Shard
-from segpipe.segmenter import Segmenter
+from segpipe.app.annotate import busy_seconds
+from segpipe.core.records import RunContext, Shard
+from segpipe.io.storage import Folder, ParallelWrites
+from segpipe.model.segmenter import Segmenter
+from segpipe.pipeline.shard import process_shard
 from segpipe.sources import open_source
-from segpipe.storage import Folder, ParallelWrites
-from segpipe.writer import RunContext
 from tests.conftest import write_images
 
 

@@ -15,16 +15,23 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from segpipe import layout
 from segpipe.cli import main
-from segpipe.identity import image_id, shard_id
-from segpipe.pipeline import prefetch_decoded
-from segpipe.plan import EmptySourceError, Plan, SeenIds, load_shard, read_plan, write_plan
-from segpipe.records import ImageRef
+from segpipe.core.identity import image_id, shard_id
+from segpipe.core.records import ImageRef
+from segpipe.destination import layout
+from segpipe.destination.plan import (
+    EmptySourceError,
+    Plan,
+    SeenIds,
+    load_shard,
+    read_plan,
+    write_plan,
+)
+from segpipe.io.storage import Folder, redact_uri
+from segpipe.pipeline.shard import prefetch_decoded
 from segpipe.sources import ImageFiles, open_source
 from segpipe.sources.base import Skipped
 from segpipe.sources.located import WITHHELD
-from segpipe.storage import Folder, redact_uri
 from tests.conftest import write_images
 from tests.outputs import read_panoptic, read_table
 from tests.test_sources import (

@@ -1,4 +1,4 @@
-"""segpipe.postprocess against the transformers processors it replaces, on the same outputs."""
+"""segpipe.model.postprocess against the transformers processors it replaces, on the same outputs."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segpipe import postprocess
-from segpipe.postprocess import SegmentationResult
+from segpipe.model import postprocess
+from segpipe.model.postprocess import SegmentationResult
 from tests.models import tiny_mask2former
 
 FAMILIES = ("mask2former", "maskformer", "oneformer")
@@ -290,8 +290,8 @@ def test_real_tiny_mask2former_outputs() -> None:
 def test_trained_demo_model_outputs() -> None:
     """The bundled demo model, trained on synthetic scenes: real, confident, overlapping
     predictions on held-out scenes of several sizes, in one batch, with stuff fusion."""
-    from segpipe.models import load_model
-    from segpipe.synth import make_scene
+    from segpipe.demo.synth import make_scene
+    from segpipe.model.loading import load_model
 
     loaded = load_model("builtin:demo")
     scenes = [make_scene(999, i) for i in range(4)]
@@ -319,7 +319,7 @@ _LARGE_TARGET = """
 import json, resource, sys, torch
 sys.path.insert(0, {root!r})
 from tests.test_postprocess import make_outputs
-from segpipe import postprocess
+from segpipe.model import postprocess
 torch.set_num_threads(1)
 cls, masks = make_outputs(1, queries=100, classes=20, mask_size=(96, 96), kept=40)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segpipe.preview import write_preview
-from segpipe.reading import iter_images, read_id_map, read_source_pixels
-from segpipe.storage import Folder
+from segpipe.destination.reader import iter_images, read_id_map
+from segpipe.io.storage import Folder
+from segpipe.tools.preview import write_preview
+from segpipe.tools.source_images import read_source_pixels
 from tests.destinations import annotated
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")

@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segpipe.annotate import annotate
-from segpipe.config import JobConfig
-from segpipe.reading import (
+from segpipe.app.annotate import annotate
+from segpipe.core.config import JobConfig
+from segpipe.destination.reader import (
     committed_shards,
     iter_images,
     read_id_map,
     read_semantic,
     table_dataset,
 )
-from segpipe.storage import Folder
+from segpipe.io.storage import Folder
 from tests.conftest import write_images
 from tests.destinations import annotated
 

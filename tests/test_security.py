@@ -26,17 +26,17 @@ import pytest
 from botocore.config import Config
 from PIL import Image
 
-from segpipe import layout
-from segpipe.annotate import annotate
+from segpipe.app.annotate import annotate
 from segpipe.cli import build_parser, config_from_args
-from segpipe.config import JobConfig
-from segpipe.identity import panoptic_png_key
-from segpipe.models import ModelLoadError, load_model
-from segpipe.records import ImageFailure
+from segpipe.core.config import JobConfig
+from segpipe.core.identity import panoptic_png_key
+from segpipe.core.records import ImageFailure
+from segpipe.destination import layout
+from segpipe.io.storage import Folder, UnsafeKeyError, check_key, filesystem
+from segpipe.model.loading import ModelLoadError, load_model
 from segpipe.sources import open_source
 from segpipe.sources.policy import RefusedUri, UriPolicy, is_public
 from segpipe.sources.uris import read_capped
-from segpipe.storage import Folder, UnsafeKeyError, check_key, filesystem
 from tests.httpserver import http_server
 from tests.models import save_tiny_mask2former
 from tests.outputs import read_table

@@ -19,9 +19,10 @@ import pytest
 from botocore.config import Config
 from PIL import Image
 
-from segpipe.decode import decode_image
-from segpipe.identity import image_id
-from segpipe.records import DecodedImage, ImageFailure, ImageRef
+from segpipe.core.identity import image_id
+from segpipe.core.records import DecodedImage, ImageFailure, ImageRef
+from segpipe.io.storage import filesystem, redact_uri
+from segpipe.pipeline.decode import decode_image
 from segpipe.sources import (
     EmptySourceError,
     ImageFiles,
@@ -34,7 +35,6 @@ from segpipe.sources import (
 )
 from segpipe.sources.base import UNREADABLE
 from segpipe.sources.listing import expand_braces, list_files
-from segpipe.storage import filesystem, redact_uri
 from tests.httpserver import http_server
 
 

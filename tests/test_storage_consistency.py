@@ -14,13 +14,13 @@ from pathlib import Path
 import boto3
 import pytest
 
-from segpipe import layout
-from segpipe.annotate import annotate
+from segpipe.app.annotate import annotate
+from segpipe.app.status import job_status
 from segpipe.cli import main
-from segpipe.config import JobConfig
-from segpipe.merge import committed_shards, write_merged_panoptic
-from segpipe.status import job_status
-from segpipe.storage import Folder, filesystem
+from segpipe.core.config import JobConfig
+from segpipe.destination import layout
+from segpipe.destination.merge import committed_shards, write_merged_panoptic
+from segpipe.io.storage import Folder, filesystem
 from tests.conftest import write_images
 from tests.destinations import annotated
 from tests.outputs import check_contract, read_panoptic, read_table

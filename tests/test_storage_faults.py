@@ -12,10 +12,10 @@ from collections.abc import Callable
 import boto3
 import pytest
 
-from segpipe.annotate import annotate
+from segpipe.app.annotate import annotate
 from segpipe.cli import main
-from segpipe.config import JobConfig
-from segpipe.storage import Folder, is_transient, storage_options_for
+from segpipe.core.config import JobConfig
+from segpipe.io.storage import Folder, is_transient, storage_options_for
 from tests.conftest import write_images
 from tests.faultproxy import FAULTS, FaultProxy
 from tests.outputs import read_table

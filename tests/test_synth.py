@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from segpipe.storage import filesystem
-from segpipe.synth import CATEGORIES, MAX_SIDE, MIN_SIDE, make_scene, write_scenes
+from segpipe.demo.synth import CATEGORIES, MAX_SIDE, MIN_SIDE, make_scene, write_scenes
+from segpipe.io.storage import filesystem
 
 COUNT = 6
 

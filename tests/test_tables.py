@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from segpipe import layout
-from segpipe.reading import RUN_PARTITION, committed_shards, table_dataset
-from segpipe.storage import Folder, filesystem
-from segpipe.tables import SCHEMAS
+from segpipe.destination import layout
+from segpipe.destination.reader import RUN_PARTITION, committed_shards, table_dataset
+from segpipe.formats.tables import SCHEMAS
+from segpipe.io.storage import Folder, filesystem
 from tests.destinations import annotated, copy_of
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")

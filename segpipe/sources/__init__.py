@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from itertools import islice
 from typing import Any
 
+from segpipe.io.storage import redact
 from segpipe.sources.base import (
     DEFAULT_MAX_IMAGE_BYTES,
     EmptySourceError,
@@ -36,7 +37,6 @@ from segpipe.sources.listing import PAGE_SIZE, expand_urls, list_files
 from segpipe.sources.manifest import MANIFEST_SUFFIXES, Manifest
 from segpipe.sources.table import PARQUET_SUFFIXES, ParquetTable
 from segpipe.sources.webdataset import TAR_SUFFIXES, TarShards
-from segpipe.storage import redact
 
 __all__ = [
     "EmptySourceError", "ImageFiles", "Manifest", "ParquetTable", "Source", "SourceConfigError",

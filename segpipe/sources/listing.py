@@ -34,6 +34,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.utils import glob_translate
 
+from segpipe.io.storage import filesystem, with_retries
 from segpipe.sources.base import (
     SKIP_EXTENSION,
     SKIP_FOLDER_SEEN,
@@ -42,7 +43,6 @@ from segpipe.sources.base import (
     Skipped,
     uri_of,
 )
-from segpipe.storage import filesystem, with_retries
 
 GLOB_CHARS = "*?["
 PAGE_SIZE = 1000

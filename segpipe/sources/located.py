@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from segpipe.identity import image_id
-from segpipe.records import ImageFailure, ImageRef
-from segpipe.storage import redact_uri, strip_credentials
+from segpipe.core.identity import image_id
+from segpipe.core.records import ImageFailure, ImageRef
+from segpipe.io.storage import redact_uri, strip_credentials
 
 
 class SourceChangedError(ValueError):

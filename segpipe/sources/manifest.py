@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, NamedTuple
 
-from segpipe.identity import image_id
-from segpipe.records import ImageRef
+from segpipe.core.identity import image_id
+from segpipe.core.records import ImageRef
+from segpipe.io.storage import filesystem, is_transient, redact, with_retries
 from segpipe.sources.base import (
     DEFAULT_MAX_IMAGE_BYTES,
     SKIP_NO_URI,
@@ -46,7 +47,6 @@ from segpipe.sources.policy import UriPolicy
 from segpipe.sources.spans import Lines, Span, byte_runs
 from segpipe.sources.table import MAX_FIELD_CHARS, URI_COLUMNS
 from segpipe.sources.uris import fetch_uris, folder_of, resolve_uri
-from segpipe.storage import filesystem, is_transient, redact, with_retries
 
 TEXT_SUFFIXES = (".txt", ".lst")
 CSV_DELIMITERS = {".csv": ",", ".tsv": "\t"}

@@ -34,8 +34,9 @@ from typing import Any, TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from segpipe.identity import image_id
-from segpipe.records import ImageRef
+from segpipe.core.identity import duplicate_ids, image_id
+from segpipe.core.records import ImageRef
+from segpipe.io.storage import filesystem, is_transient, redact, with_retries
 from segpipe.sources.base import (
     DEFAULT_MAX_IMAGE_BYTES,
     SKIP_NO_URI,
@@ -44,7 +45,6 @@ from segpipe.sources.base import (
     Scan,
     Skipped,
     SourceConfigError,
-    duplicate_ids,
     fetch_scanned,
     plan_containers,
     too_large,
@@ -54,7 +54,6 @@ from segpipe.sources.listing import FileEntry, container_files, expand_urls
 from segpipe.sources.located import checked, uri_ref
 from segpipe.sources.policy import UriPolicy
 from segpipe.sources.uris import fetch_uris, resolve_uri
-from segpipe.storage import filesystem, is_transient, redact, with_retries
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 IMAGE_COLUMNS = ("image", "image_bytes", "bytes", "content", "img", "jpg", "jpeg", "png")

@@ -19,7 +19,8 @@ from typing import Any
 import fsspec
 from fsspec.core import split_protocol, strip_protocol
 
-from segpipe.records import ImageRef
+from segpipe.core.records import ImageRef
+from segpipe.io.storage import filesystem
 from segpipe.sources.base import (
     DEFAULT_MAX_IMAGE_BYTES,
     LOCAL_PROTOCOLS,
@@ -31,7 +32,6 @@ from segpipe.sources.base import (
 )
 from segpipe.sources.located import Recover
 from segpipe.sources.policy import HTTP_SCHEMES, UriPolicy
-from segpipe.storage import filesystem
 
 READ_CHUNK = 2**20
 _LISTED_SIZE = re.compile(r"size:(\d+):")

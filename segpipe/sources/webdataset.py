@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from typing import IO, Any
 
-from segpipe.identity import image_id
-from segpipe.records import ImageRef
+from segpipe.core.concurrency import ordered_map
+from segpipe.core.identity import image_id
+from segpipe.core.records import ImageRef
+from segpipe.io.storage import filesystem, with_retries
 from segpipe.sources.base import (
     DEFAULT_MAX_IMAGE_BYTES,
     UNREADABLE,
@@ -34,13 +36,11 @@ from segpipe.sources.base import (
     Scan,
     Skipped,
     fetch_scanned,
-    ordered_map,
     plan_containers,
     too_large,
 )
 from segpipe.sources.files import IMAGE_EXTENSIONS, version_of
 from segpipe.sources.listing import FileEntry, container_files
-from segpipe.storage import filesystem, with_retries
 
 TAR_SUFFIXES = (".tar",)
 IMAGE_SUFFIXES = frozenset(ext[1:] for ext in IMAGE_EXTENSIONS)

@@ -1,0 +1,1 @@
+"""The driver's jobs: annotate, status, job specs and progress."""

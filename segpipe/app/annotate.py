@@ -1,0 +1,166 @@
+"""The annotate job on the driver: guard the destination, plan, run the pool, merge, summarize."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+from segpipe.app.progress import Progress
+from segpipe.core.config import JobConfig
+from segpipe.destination import layout
+from segpipe.destination.committed import committed_shards
+from segpipe.destination.incremental import write_superseded
+from segpipe.destination.merge import write_merged_panoptic
+from segpipe.destination.runs import (
+    DestinationMismatch,
+    RunState,
+    check_settings,
+    prepare_run,
+    record_settings,
+)
+from segpipe.io.storage import Folder
+from segpipe.model.segmenter import Segmenter
+from segpipe.runtime.pool import (
+    ShardPool,
+    WorkerSpec,
+    cpu_threads_per_worker,
+    default_num_workers,
+    init_ray,
+    peak_rss_mb,
+)
+from segpipe.sources import open_source
+
+log = logging.getLogger(__name__)
+
+
+class JobFailed(RuntimeError):
+    """The job ran but did not fully succeed; the summary at DST says what failed."""
+
+
+def annotate(config: JobConfig) -> dict[str, Any]:
+    """Run the job to the end; returns the run summary (also written to DST)."""
+    started = time.time()
+    dst = Folder(config.dst, config.storage_options)
+    source = open_source(config.src, source_format=config.source_format,
+                         storage_options=config.storage_options, image_column=config.image_column,
+                         uri_column=config.uri_column, id_column=config.id_column,
+                         max_image_bytes=config.max_image_bytes,
+                         allow_uri_schemes=config.uri_schemes,
+                         allow_private_hosts=config.allow_private_hosts)
+    check_settings(dst, config)
+    state = prepare_run(dst, config, source)
+    run_id = state.run.run_id
+    # Markers of shards committed by earlier sessions of this run: read once, for the progress
+    # bar's start and the run summary.
+    earlier = {sid: dst.read_json(layout.commit(run_id, sid))
+               for _, sid in committed_shards(dst, run_id)}
+    done = set(earlier)
+    todo = [sid for sid in state.plan.shard_ids() if sid not in done]
+    log.info("run %s: %d shards planned, %d committed, %d to do", run_id,
+             state.plan.num_shards, len(done), len(todo))
+
+    init_ray(config.address)
+    num_workers = config.num_workers or default_num_workers(config.gpus_per_worker)
+    segmenter = Segmenter(
+        config.model, task=config.task, revision=config.revision, dtype=config.dtype,
+        device=config.device, label_map=config.label_map, threshold=config.threshold,
+        mask_threshold=config.mask_threshold,
+        overlap_mask_area_threshold=config.overlap_mask_area_threshold,
+        allow_pickle_weights=config.allow_pickle_weights, storage_options=config.storage_options)
+    spec = WorkerSpec(source, segmenter, dst, state.run, config.batch_size, config.read_threads,
+                      config.max_image_pixels,
+                      torch_threads=cpu_threads_per_worker(num_workers, config.gpus_per_worker),
+                      read_timeout=config.read_timeout, fault=_fault_shard())
+    pool = ShardPool(spec, num_workers=num_workers, gpus_per_worker=config.gpus_per_worker,
+                     cpus_per_worker=config.cpus_per_worker, max_attempts=config.max_attempts,
+                     shard_timeout=config.shard_timeout, node_wait=config.node_wait)
+    done_images = sum(m["images"] for m in earlier.values())
+    progress = Progress(total=state.plan.num_images, initial=done_images,
+                        enabled=config.progress, stream=sys.stderr)
+
+    def loaded(workers: list[dict[str, Any]]) -> None:
+        digests = {w["weights_sha256"] for w in workers}
+        if len(digests) > 1:
+            raise DestinationMismatch(f"workers loaded different weights for {config.model}: "
+                                      "the model's files differ between nodes")
+        record_settings(dst, config, digests.pop())
+
+    with progress:
+        result = pool.run(todo, progress.update, on_ready=loaded)
+    for sid, error in sorted(result.failed.items()):  # status reads these while no summary says
+        dst.write_json(layout.failed(run_id, sid), {"shard_id": sid, "error": error})
+    if state.incremental:
+        write_superseded(dst, run_id, state.run.created_at)
+    write_merged_panoptic(dst)
+    summary = _summarize(config, state, earlier, result, started, progress)
+    dst.write_json(layout.summary(run_id), summary)
+    if result.failed:
+        raise JobFailed(f"{len(result.failed)} shard(s) failed: "
+                        + "; ".join(f"{sid}: {err}" for sid, err in sorted(result.failed.items()))
+                        + f". Run the same command again to retry them. Summary: {dst.url_of(layout.summary(run_id))}")
+    if summary["error_rate"] > config.max_error_rate:
+        raise JobFailed(f"{summary['errors']} of {summary['images']} images failed "
+                        f"({summary['error_rate']:.1%} > --max-error-rate {config.max_error_rate:.1%}); "
+                        "see the errors table")
+    return summary
+
+
+def _fault_shard() -> str | None:
+    import os
+
+    return os.environ.get("SEGPIPE_FAULT_SHARD") or None
+
+
+def _summarize(config: JobConfig, state: RunState, earlier: dict[str, dict[str, Any]],
+               result: Any, started: float, progress: Progress) -> dict[str, Any]:
+    run_id = state.run.run_id
+    markers = list({**earlier, **result.committed}.values())
+    images = sum(m["images"] for m in markers)
+    errors = sum(m["errors"] for m in markers)
+    elapsed = time.time() - started
+    status = "complete" if len(markers) == state.plan.num_shards else "incomplete"
+    return {
+        "run_id": run_id, "status": status, "started_at": state.run.created_at.isoformat(),
+        "finished_at": datetime.now(timezone.utc).isoformat(), "duration_s": round(elapsed, 3),
+        "model": config.model, "revision": config.revision, "task": config.task,
+        "shards": {"planned": state.plan.num_shards, "committed": len(markers),
+                   "failed": len(result.failed)},
+        "failed_shards": result.failed,
+        "images": images, "planned_images": state.plan.num_images,
+        # Listed keys that were not planned, by reason (see sources.base.SKIP_REASONS).
+        "skipped": state.plan.skipped,
+        "annotated": sum(m["annotated"] for m in markers), "errors": errors,
+        "segments": sum(m["segments"] for m in markers),
+        "error_rate": errors / images if images else 0.0,
+        "images_this_session": progress.processed,
+        "images_per_s": round(progress.processed / elapsed, 3) if elapsed > 0 else 0.0,
+        "workers_replaced": result.workers_replaced,
+        # What this session's workers measured: time in the model's forward against the
+        # time they were busy with shards, and peak memory of the driver and of the busiest worker.
+        "worker_forward_s": round(sum(m.get("forward_s", 0.0) for m in result.committed.values()), 3),
+        "worker_busy_s": round(busy_seconds(result.committed.values()), 3),
+        "worker_peak_rss_mb": round(max((m.get("peak_rss_mb", 0.0) for m in result.committed.values()), default=0.0), 1),
+        "driver_peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
+def busy_seconds(markers: Iterable[dict[str, Any]]) -> float:
+    """Wall seconds the workers spent on shards: per worker, the union of its shards' spans
+    (a worker reads its next shard while it computes this one, so spans overlap)."""
+    spans: dict[Any, list[tuple[float, float]]] = defaultdict(list)
+    for marker in markers:
+        if "started_at" in marker:
+            spans[marker.get("pid")].append((marker["started_at"], marker["finished_at"]))
+    total = 0.0
+    for worker_spans in spans.values():
+        covered_to = float("-inf")
+        for start, end in sorted(worker_spans):
+            if end > covered_to:
+                total += end - max(start, covered_to)
+                covered_to = end
+    return total

@@ -1,0 +1,1 @@
+"""The job's config, the records that flow through the pipeline, and identity."""

@@ -1,0 +1,104 @@
+"""The record types that flow through the pipeline, with provenance carried to the end."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRef:
+    """One planned image: where it is and who it is. This is what a plan stores."""
+
+    image_id: int
+    uri: str
+    member: str | None = None  # tar member key, or Parquet row, inside `uri`
+    version: str | None = None  # content identity from the listing (ETag, size+mtime)
+    fields: dict[str, Any] | None = None  # extra source columns carried to the images table
+    # Set when `uri` is the redacted form of a signed URI: where the source lists the real
+    # one (see `sources.located`), since the plan under DST must never hold credentials.
+    locator: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.image_id, "uri": self.uri}
+        if self.member is not None:
+            out["member"] = self.member
+        if self.version is not None:
+            out["version"] = self.version
+        if self.fields:
+            out["fields"] = self.fields
+        if self.locator is not None:
+            out["at"] = self.locator
+        return out
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> ImageRef:
+        return cls(obj["id"], obj["uri"], obj.get("member"), obj.get("version"), obj.get("fields"),
+                   obj.get("at"))
+
+    @property
+    def display(self) -> str:
+        """How errors and tables name this image."""
+        return self.uri if self.member is None else f"{self.uri}#{self.member}"
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """One unit of work, retry and commit."""
+
+    shard_id: str
+    run_id: str
+    images: tuple[ImageRef, ...]
+
+
+@dataclass(slots=True)
+class DecodedImage:
+    """An image in flight: its ref, its RGB pixels (H, W, 3 uint8) and what decode learned."""
+
+    ref: ImageRef
+    pixels: np.ndarray
+    content_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImageFailure:
+    """A per-image failure; it becomes one row of the errors table."""
+
+    ref: ImageRef
+    stage: str  # read | decode | inference | write
+    error_type: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One segment of one image's result. `segment_id` is the value in the id map."""
+
+    segment_id: int
+    label_id: int  # the model's label index
+    score: float
+    was_fused: bool = False
+
+
+@dataclass(slots=True)
+class Prediction:
+    """What the model stage hands to the writer: a compact id map and its segments."""
+
+    image: DecodedImage
+    id_map: np.ndarray  # (H, W) int32, 0 = void, segment ids 1..N
+    segments: list[Segment] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every row of a run shares. `created_at` is the run's start, so a resumed
+    run writes the same bytes as an uninterrupted one."""
+
+    run_id: str
+    created_at: datetime
+    model: str
+    revision: str | None
+    task: str

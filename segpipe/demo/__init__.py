@@ -1,0 +1,1 @@
+"""Synthetic scenes and the demo command."""

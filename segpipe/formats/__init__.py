@@ -1,0 +1,1 @@
+"""File formats: COCO panoptic codecs, the Parquet schemas, Label Studio brush RLE."""

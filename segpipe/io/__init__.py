@@ -1,0 +1,1 @@
+"""Storage: the one entry to every filesystem, with retries and redaction."""

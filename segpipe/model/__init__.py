@@ -1,0 +1,1 @@
+"""Models: loading checkpoints, the segmenter stage, and batched post-processing."""

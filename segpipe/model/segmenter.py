@@ -1,0 +1,178 @@
+"""The model stage: a batch of decoded images in, compact predictions out.
+
+Resize, normalize, forward and post-processing all run batched on the model's
+device; only id maps and small segment lists come back to the CPU. `forward` and
+`finish` are separate steps so that a pipeline can post-process one batch while the
+next one is in the forward.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from segpipe.core.records import DecodedImage, ImageFailure, Prediction
+from segpipe.io.storage import redact
+from segpipe.model import postprocess
+from segpipe.model.loading import LoadedModel, load_model
+
+# transformers' own defaults for post_process_{panoptic,instance}_segmentation.
+DEFAULT_THRESHOLDS = {"panoptic": 0.5, "instance": 0.5, "semantic": 0.0}
+
+
+@dataclass
+class Forwarded:
+    """A batch between the forward and the post-processing: its images and raw logits."""
+
+    images: list[DecodedImage]
+    class_logits: torch.Tensor  # (B, queries, classes + 1)
+    mask_logits: torch.Tensor  # (B, queries, h, w)
+    forward_s: float = 0.0  # time in the model's forward
+
+    def one(self, index: int) -> Forwarded:
+        return Forwarded([self.images[index]], self.class_logits[index:index + 1],
+                         self.mask_logits[index:index + 1])
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+@dataclass
+class Segmenter:
+    """Loads its model in `setup()` on the worker, never at construction, so it pickles cheaply."""
+
+    model: str
+    task: str = "panoptic"
+    revision: str | None = None
+    dtype: str = "fp32"
+    device: str | None = None
+    label_map: str | None = None
+    threshold: float | None = None
+    mask_threshold: float = 0.5
+    overlap_mask_area_threshold: float = 0.8
+    allow_pickle_weights: bool = False
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    loaded: LoadedModel | None = field(default=None, repr=False)
+
+    def setup(self) -> LoadedModel:
+        if self.loaded is None:
+            self.loaded = load_model(
+                self.model, revision=self.revision, dtype=self.dtype, device=self.device,
+                label_map=self.label_map, allow_pickle_weights=self.allow_pickle_weights,
+                storage_options=self.storage_options,
+            )
+        return self.loaded
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["loaded"] = None  # the model never travels; each worker loads its own
+        return state
+
+    def __call__(self, images: Sequence[DecodedImage]) -> list[Prediction | ImageFailure]:
+        """Segment a batch: `finish(forward(images))`."""
+        return self.finish(self.forward(images))
+
+    def forward(self, images: Sequence[DecodedImage]) -> list[Forwarded | ImageFailure]:
+        """Preprocess and forward a batch, in order; on device out-of-memory, split it and
+        retry the halves. The post-processing is left to `finish`, so that a pipeline can
+        run it beside the next batch's forward."""
+        if not images:
+            return []
+        try:
+            return [self._forward(images)]
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                if len(images) == 1:
+                    return [_failure(images[0], exc)]
+                # One bad image must not fail its batch-mates: retry them one by one.
+                return [out for image in images for out in self.forward([image])]
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if len(images) == 1:
+                return [_failure(images[0], exc)]
+            half = len(images) // 2
+            return self.forward(images[:half]) + self.forward(images[half:])
+
+    def finish(self, forwarded: Sequence[Forwarded | ImageFailure]) -> list[Prediction | ImageFailure]:
+        """Post-process what `forward` returned: one result per image, in order."""
+        results: list[Prediction | ImageFailure] = []
+        for item in forwarded:
+            if isinstance(item, ImageFailure):
+                results.append(item)
+                continue
+            try:
+                results.extend(self._finish(item))
+            except Exception as exc:  # noqa: BLE001 - becomes the image's error row
+                if is_out_of_memory(exc) and torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                if len(item.images) == 1:
+                    results.append(_failure(item.images[0], exc))
+                else:  # one image's failure must not fail its batch-mates
+                    results.extend(self.finish([item.one(i) for i in range(len(item.images))]))
+        return results
+
+    @torch.inference_mode()
+    def _forward(self, images: Sequence[DecodedImage]) -> Forwarded:
+        loaded = self.setup()
+        inputs = self._preprocess(loaded, images)
+        started = time.perf_counter()
+        outputs = loaded.model(**inputs)
+        if loaded.device.type == "cuda":
+            torch.cuda.synchronize(loaded.device)
+        return Forwarded(list(images), outputs.class_queries_logits, outputs.masks_queries_logits,
+                         forward_s=time.perf_counter() - started)
+
+    @torch.inference_mode()
+    def _finish(self, item: Forwarded) -> list[Prediction]:
+        loaded = self.setup()
+        sizes = [(int(img.pixels.shape[0]), int(img.pixels.shape[1])) for img in item.images]
+        results = self._postprocess(loaded, item.class_logits.float(), item.mask_logits.float(),
+                                    sizes)
+        return [
+            Prediction(image, result.id_map.to("cpu", torch.int32).numpy(), result.segments)
+            for image, result in zip(item.images, results, strict=True)
+        ]
+
+    def _preprocess(self, loaded: LoadedModel, images: Sequence[DecodedImage]) -> dict[str, Any]:
+        # HWC uint8 -> CHW on the device; the processor's torchvision backend does the rest there.
+        tensors = [
+            torch.from_numpy(img.pixels).to(loaded.device, non_blocking=True).permute(2, 0, 1)
+            for img in images
+        ]
+        if loaded.family == "oneformer":
+            batch = loaded.processor(
+                images=tensors, task_inputs=[self.task] * len(tensors), return_tensors="pt",
+                device=loaded.device,
+            )
+        else:
+            batch = loaded.processor(images=tensors, return_tensors="pt", device=loaded.device)
+        inputs = {k: v.to(loaded.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        inputs["pixel_values"] = inputs["pixel_values"].to(loaded.dtype)
+        return inputs
+
+    def _postprocess(self, loaded: LoadedModel, class_logits: torch.Tensor, mask_logits: torch.Tensor,
+                     sizes: list[tuple[int, int]]) -> list[postprocess.SegmentationResult]:
+        threshold = self.threshold if self.threshold is not None else DEFAULT_THRESHOLDS[self.task]
+        if self.task == "semantic":
+            return postprocess.post_process_semantic(
+                class_logits, mask_logits, sizes, family=loaded.family)
+        if self.task == "instance":
+            return postprocess.post_process_instance(
+                class_logits, mask_logits, sizes, threshold=threshold,
+                mask_threshold=self.mask_threshold,
+                overlap_mask_area_threshold=self.overlap_mask_area_threshold, family=loaded.family,
+                thing_ids=loaded.label_set.thing_model_labels())
+        return postprocess.post_process_panoptic(
+            class_logits, mask_logits, sizes, threshold=threshold,
+            mask_threshold=self.mask_threshold,
+            overlap_mask_area_threshold=self.overlap_mask_area_threshold,
+            label_ids_to_fuse=loaded.label_set.stuff_model_labels(), family=loaded.family)
+
+
+def _failure(image: DecodedImage, exc: BaseException) -> ImageFailure:
+    return ImageFailure(image.ref, "inference", type(exc).__name__, redact(f"{image.ref.display}: {exc}"))

@@ -1,0 +1,1 @@
+"""The Ray layer: cluster start, shard workers and their pool."""

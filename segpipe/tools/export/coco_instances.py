@@ -1,0 +1,65 @@
+"""COCO instance files: `coco-instance` for training and evaluation tools, `cvat` for CVAT.
+
+Both are derived from the segments table: one annotation per segment, its mask as COCO
+compressed RLE (`{"size": [h, w], "counts": str}`), its area and bbox from the table.
+The file is streamed: images first (one pass over the images tables), then annotations
+(one pass over the segments tables), so memory follows one shard.
+
+The CVAT flavour follows CVAT's "COCO 1.0" importer: a segmentation given as compressed
+RLE becomes a mask shape, and `iscrowd` is 1, as CVAT itself writes masks. Images are
+named as CVAT matches them to task frames (see `ImageNaming.cvat_name`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import IO, Any
+
+from segpipe.destination.reader import AnnotatedImage, SegmentRecord
+from segpipe.labels import Category
+from segpipe.tools.export.output import JsonArrayWriter
+
+
+def write_coco_instances(out: IO[str], *, images: Callable[..., Iterable[AnnotatedImage]],
+                         categories: tuple[Category, ...], keep: Callable[[SegmentRecord], bool],
+                         file_name: Callable[[AnnotatedImage], str], iscrowd: int,
+                         info: dict[str, Any]) -> dict[str, int]:
+    """Stream one COCO instance JSON. `images(segments=...)` is called once per section,
+    without segments for the images section."""
+    out.write('{"info":' + json.dumps(info))
+    out.write(',"licenses":[]')
+    out.write(',"categories":' + json.dumps([_category(c) for c in categories]))
+    out.write(',"images":')
+    section = JsonArrayWriter(out)
+    section.open()
+    for image in images(segments=False):
+        section.add({"id": image.image_id, "file_name": file_name(image),
+                     "width": image.width, "height": image.height})
+    section.close()
+    out.write(',"annotations":')
+    annotations = JsonArrayWriter(out)
+    annotations.open()
+    for image in images(segments=True):
+        for seg in image.segments:
+            if keep(seg):
+                annotations.add(_annotation(annotations.count + 1, image, seg, iscrowd))
+    annotations.close()
+    out.write("}")
+    return {"images": section.count, "annotations": annotations.count}
+
+
+def _annotation(ann_id: int, image: AnnotatedImage, seg: SegmentRecord,
+                iscrowd: int) -> dict[str, Any]:
+    assert seg.rle is not None, "segments must be read with their RLE"
+    ann = {"id": ann_id, "image_id": image.image_id, "category_id": seg.category_id,
+           "segmentation": {"size": list(seg.rle["size"]), "counts": seg.rle["counts"]},
+           "area": seg.area, "bbox": list(seg.bbox), "iscrowd": iscrowd}
+    if seg.score is not None:
+        ann["score"] = seg.score
+    return ann
+
+
+def _category(c: Category) -> dict[str, Any]:
+    return {"id": c.id, "name": c.name, "supercategory": c.name, "isthing": int(c.isthing),
+            "color": list(c.color)}
