@@ -62,7 +62,7 @@ def build_model(tiny: bool) -> torch.nn.Module:
 
     names = coco_names()
     if tiny:
-        from tests.models import tiny_mask2former
+        from tests.support.checkpoints import tiny_mask2former
 
         return tiny_mask2former(list(names.values()), num_queries=16)
     torch.manual_seed(0)

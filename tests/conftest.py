@@ -6,13 +6,10 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from tests.models import save_tiny_mask2former
+from tests.support.checkpoints import save_tiny_mask2former
 
 # Credentials for the local S3 endpoint only; set before Ray starts so workers inherit them.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing-key-id")
@@ -67,17 +64,3 @@ def bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(save_tiny_mask2former(tmp_path_factory.mktemp("models") / "tiny-mask2former"))
-
-
-def write_images(folder: Path, count: int, *, seed: int = 0, ext: str = "png") -> list[Path]:
-    """Small random-content images of varied sizes."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(count):
-        h, w = int(rng.integers(24, 72)), int(rng.integers(24, 72))
-        arr = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
-        path = folder / f"img-{i:03d}.{ext}"
-        Image.fromarray(arr).save(path)
-        paths.append(path)
-    return paths

@@ -37,9 +37,9 @@ from segpipe.model.loading import ModelLoadError, load_model
 from segpipe.sources import open_source
 from segpipe.sources.policy import RefusedUri, UriPolicy, is_public
 from segpipe.sources.uris import read_capped
-from tests.httpserver import http_server
-from tests.models import save_tiny_mask2former
-from tests.outputs import read_table
+from tests.support.checkpoints import save_tiny_mask2former
+from tests.support.httpserver import http_server
+from tests.support.outputs import read_table
 
 TOKEN = "zzescape"  # in every hostile name, so that a file named after one can be found
 ROOT = Path(__file__).resolve().parent.parent

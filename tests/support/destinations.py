@@ -13,7 +13,7 @@ import pytest
 
 from segpipe.app.annotate import annotate
 from segpipe.core.config import JobConfig
-from tests.conftest import write_images
+from tests.support.images import write_images
 
 NUM_IMAGES = 8
 SHARD_SIZE = 3  # three shards, so one can be uncommitted and others remain

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from segpipe.model import postprocess
 from segpipe.model.postprocess import SegmentationResult
-from tests.models import tiny_mask2former
+from tests.support.checkpoints import tiny_mask2former
 
 FAMILIES = ("mask2former", "maskformer", "oneformer")
 SIZES = [(97, 130), (60, 80), (150, 110), (128, 128)]  # non-square, different in one batch
@@ -318,7 +318,7 @@ def test_trained_demo_model_outputs() -> None:
 _LARGE_TARGET = """
 import json, resource, sys, torch
 sys.path.insert(0, {root!r})
-from tests.test_postprocess import make_outputs
+from tests.model.test_postprocess import make_outputs
 from segpipe.model import postprocess
 torch.set_num_threads(1)
 cls, masks = make_outputs(1, queries=100, classes=20, mask_size=(96, 96), kept=40)
@@ -337,7 +337,7 @@ def test_4000x3000_target_stays_within_bounded_memory() -> None:
     holds an id map and bounded chunks."""
     from pathlib import Path
 
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     run = subprocess.run([sys.executable, "-c", _LARGE_TARGET.format(root=root)],
                          capture_output=True, text=True, timeout=120, check=True)
     report = json.loads(run.stdout.strip().splitlines()[-1])

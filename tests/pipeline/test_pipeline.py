@@ -13,7 +13,7 @@ from segpipe.io.storage import Folder, ParallelWrites
 from segpipe.model.segmenter import Segmenter
 from segpipe.pipeline.shard import process_shard
 from segpipe.sources import open_source
-from tests.conftest import write_images
+from tests.support.images import write_images
 
 
 def test_busy_time_counts_overlapping_shards_of_a_worker_once():

@@ -18,8 +18,8 @@ from segpipe.app.annotate import JobFailed, annotate
 from segpipe.cli import main
 from segpipe.core.config import JobConfig
 from segpipe.io.storage import Folder
-from tests.conftest import write_images
-from tests.outputs import check_contract, read_table
+from tests.support.images import write_images
+from tests.support.outputs import check_contract, read_table
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -221,7 +221,7 @@ def test_a_process_exits_though_a_read_it_started_never_returns(tmp_path):
         "time.sleep(0.2)\n")
     proc = subprocess.run([sys.executable, "-c", script, str(image), str(fifo)],
                           timeout=60, capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parent.parent)
+                          cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 0, proc.stderr
 
 

@@ -32,9 +32,7 @@ from segpipe.pipeline.shard import prefetch_decoded
 from segpipe.sources import ImageFiles, open_source
 from segpipe.sources.base import Skipped
 from segpipe.sources.located import WITHHELD
-from tests.conftest import write_images
-from tests.outputs import read_panoptic, read_table
-from tests.test_sources import (
+from tests.sources.test_sources import (
     LOOPBACK_URIS,
     Store,
     image_table,
@@ -45,6 +43,8 @@ from tests.test_sources import (
     tar_bytes,
     wds_shard,
 )
+from tests.support.images import write_images
+from tests.support.outputs import read_panoptic, read_table
 
 
 def plan_files(dst: Folder) -> dict[str, bytes]:

@@ -11,8 +11,8 @@ from segpipe.cli import build_parser, main
 from segpipe.core.config import JobConfig
 from segpipe.destination.runs import DestinationMismatch
 from segpipe.io.storage import Folder, filesystem
-from tests.conftest import write_images
-from tests.outputs import check_contract, read_table
+from tests.support.images import write_images
+from tests.support.outputs import check_contract, read_table
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import write_images
+from tests.support.images import write_images
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
 DEMO_SPEC = str(ROOT / "jobs" / "demo.yaml")

@@ -15,9 +15,9 @@ from segpipe.destination.runs import DestinationMismatch, check_settings, prepar
 from segpipe.io.storage import Folder, filesystem
 from segpipe.model.loading import ModelLoadError
 from segpipe.sources import open_source
-from tests.conftest import write_images
-from tests.models import save_tiny_mask2former
-from tests.outputs import read_panoptic, read_table
+from tests.support.checkpoints import save_tiny_mask2former
+from tests.support.images import write_images
+from tests.support.outputs import read_panoptic, read_table
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -1,7 +1,7 @@
 """A job on a real multi-node Ray cluster on one machine, that loses a node midway.
 
-Run by tests/test_nodes.py in a process of its own (the test session already holds a local
-Ray): `python -m tests.cluster_job SCENARIO SRC DST MODEL`. It prints one JSON line: what
+Run by tests/runtime/test_nodes.py in a process of its own (the test session already holds a local
+Ray): `python -m tests.support.cluster_job SCENARIO SRC DST MODEL`. It prints one JSON line: what
 happened to the cluster and how the job ended.
 
 Scenarios:

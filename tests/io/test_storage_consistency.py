@@ -21,10 +21,10 @@ from segpipe.core.config import JobConfig
 from segpipe.destination import layout
 from segpipe.destination.merge import committed_shards, write_merged_panoptic
 from segpipe.io.storage import Folder, filesystem
-from tests.conftest import write_images
-from tests.destinations import annotated
-from tests.outputs import check_contract, read_panoptic, read_table
-from tests.test_execution import _without_time, wait_until
+from tests.runtime.test_execution import _without_time, wait_until
+from tests.support.destinations import annotated
+from tests.support.images import write_images
+from tests.support.outputs import check_contract, read_panoptic, read_table
 
 NUM_IMAGES = 4
 

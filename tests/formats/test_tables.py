@@ -15,7 +15,7 @@ from segpipe.destination import layout
 from segpipe.destination.reader import RUN_PARTITION, committed_shards, table_dataset
 from segpipe.formats.tables import SCHEMAS
 from segpipe.io.storage import Folder, filesystem
-from tests.destinations import annotated, copy_of
+from tests.support.destinations import annotated, copy_of
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -35,7 +35,7 @@ from segpipe.sources import (
 )
 from segpipe.sources.base import UNREADABLE
 from segpipe.sources.listing import expand_braces, list_files
-from tests.httpserver import http_server
+from tests.support.httpserver import http_server
 
 
 def png(seed: int, size: int = 8) -> bytes:

@@ -22,7 +22,7 @@ from segpipe.destination.reader import iter_images, read_id_map
 from segpipe.io.storage import Folder
 from segpipe.tools.preview import write_preview
 from segpipe.tools.source_images import read_source_pixels
-from tests.destinations import annotated
+from tests.support.destinations import annotated
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

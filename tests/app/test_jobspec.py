@@ -17,9 +17,9 @@ from segpipe.app.jobspec import (
     with_overrides,
 )
 from segpipe.cli import main
-from tests.conftest import write_images
+from tests.support.images import write_images
 
-JOBS = Path(__file__).resolve().parent.parent / "jobs"
+JOBS = Path(__file__).resolve().parents[2] / "jobs"
 LAKE = {"SEGPIPE_SRC": "s3://lake/raw/", "SEGPIPE_DST": "s3://lake/prelabels/daily"}
 
 

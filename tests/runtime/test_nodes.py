@@ -1,6 +1,6 @@
 """A node lost in the middle of a job, on a real multi-node Ray cluster on one machine.
 
-The test session already holds a local Ray, so each test runs `tests/cluster_job.py` in a
+The test session already holds a local Ray, so each test runs `tests/support/cluster_job.py` in a
 process of its own: it starts a head and worker nodes (`ray.cluster_utils.Cluster`), runs
 the job on a thread, removes a node after the first commit, and reports how the job ended.
 """
@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 
 from segpipe.io.storage import Folder
-from tests.cluster_job import NODE_WAIT_S
-from tests.conftest import write_images
-from tests.outputs import check_contract
+from tests.support.cluster_job import NODE_WAIT_S
+from tests.support.images import write_images
+from tests.support.outputs import check_contract
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NUM_IMAGES = 24  # one per shard: the job is still running when the node goes
 
 
@@ -32,7 +32,7 @@ def run_on_cluster(scenario: str, src: Path, dst: str, model: str) -> dict[str, 
     ray_tmp = Path(tempfile.mkdtemp(prefix="segnode-"))  # short: Ray's socket paths must fit
     env = {**os.environ, "RAY_ADDRESS": "", "RAY_TMPDIR": str(ray_tmp)}
     # A session of its own, so that a job that hangs is ended with every node it started.
-    proc = subprocess.Popen([sys.executable, "-m", "tests.cluster_job", scenario, str(src), dst,
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.cluster_job", scenario, str(src), dst,
                              model], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=ROOT, start_new_session=True)
     try:

@@ -14,8 +14,8 @@ from segpipe.cli import main
 from segpipe.core.config import JobConfig
 from segpipe.destination.reader import table_dataset
 from segpipe.io.storage import Folder
-from tests.conftest import write_images
-from tests.outputs import read_panoptic, read_table
+from tests.support.images import write_images
+from tests.support.outputs import read_panoptic, read_table
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -19,8 +19,8 @@ from segpipe.formats.brush import encode_mask
 from segpipe.io.storage import Folder, filesystem
 from segpipe.tools.export import run_export
 from segpipe.tools.export.images import ImageNaming, refuse_duplicate_cvat_names
-from tests.destinations import annotated, copy_of
-from tests.outputs import read_id_map, read_panoptic
+from tests.support.destinations import annotated, copy_of
+from tests.support.outputs import read_id_map, read_panoptic
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from segpipe.destination.runs import check_settings, prepare_run
 from segpipe.io.storage import Folder
 from segpipe.pipeline.decode import decode_image
 from segpipe.sources import open_source
-from tests.outputs import read_id_map, read_panoptic, read_table
+from tests.support.outputs import read_id_map, read_panoptic, read_table
 
 MAX_PIXELS = 5000  # the job's decompression-bomb limit: "big.png" is over it, the rest under
 MAX_BYTES = 32 * 1024  # the job's limit of bytes per image: "heavy.jpg" is over it

@@ -12,7 +12,11 @@ from segpipe.io.storage import filesystem
 from segpipe.model.loading import ModelLoadError, load_model
 from segpipe.model.segmenter import Segmenter
 from segpipe.pipeline.decode import decode_image
-from tests.models import save_tiny_mask2former, save_tiny_maskformer, save_tiny_oneformer
+from tests.support.checkpoints import (
+    save_tiny_mask2former,
+    save_tiny_maskformer,
+    save_tiny_oneformer,
+)
 
 SAVERS = {"mask2former": save_tiny_mask2former, "oneformer": save_tiny_oneformer,
           "maskformer": save_tiny_maskformer}

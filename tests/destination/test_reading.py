@@ -17,8 +17,8 @@ from segpipe.destination.reader import (
     table_dataset,
 )
 from segpipe.io.storage import Folder
-from tests.conftest import write_images
-from tests.destinations import annotated
+from tests.support.destinations import annotated
+from tests.support.images import write_images
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

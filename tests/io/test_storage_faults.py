@@ -16,9 +16,9 @@ from segpipe.app.annotate import annotate
 from segpipe.cli import main
 from segpipe.core.config import JobConfig
 from segpipe.io.storage import Folder, is_transient, storage_options_for
-from tests.conftest import write_images
-from tests.faultproxy import FAULTS, FaultProxy
-from tests.outputs import read_table
+from tests.support.faultproxy import FAULTS, FaultProxy
+from tests.support.images import write_images
+from tests.support.outputs import read_table
 
 BUCKET = "storage-faults"
 NUM_IMAGES = 8
