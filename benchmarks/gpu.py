@@ -2,12 +2,12 @@
 
 For each batch size (1, 8 and 16) it measures images/s of
   - the forward alone (preprocessed inputs already on the device);
-  - the whole model stage run serially: `Segmenter.forward` then `Segmenter.finish` per
+  - the whole model stage run serially: `Segmenter.forward` then `Segmenter.postprocess` per
     batch (preprocess + forward + post-process on the device, id maps back on the CPU);
-  - the whole model stage run the way `segpipe.pipeline.shard.process_shard` runs it: `finish` of
-    batch N on one worker thread while batch N+1 is in `forward`;
+  - the whole model stage run the way `segpipe.pipeline.shard.process_shard` runs it:
+    `postprocess` of batch N on one worker thread while batch N+1 is in `forward`;
 and, for both stage runs, the share of wall time outside the forward
-(1 - sum(Forwarded.forward_s) / wall). It also times our panoptic post-processing
+(1 - sum(ForwardedBatch.forward_s) / wall). It also times our panoptic post-processing
 against transformers' on the same outputs (batch 8).
 
     python -m benchmarks.gpu [--images 64] [--height 480 --width 640] [--batches 1,8,16]
@@ -43,7 +43,7 @@ from segpipe.core.records import DecodedImage, ImageFailure, ImageRef, Predictio
 from segpipe.labels import bundled, match_label_set
 from segpipe.model import postprocess
 from segpipe.model.loading import DTYPES, LoadedModel
-from segpipe.model.segmenter import Forwarded, Segmenter
+from segpipe.model.segmenter import ForwardedBatch, Segmenter
 
 RESULTS = Path(__file__).parent / "results" / "gpu.json"
 # What benchmarks/run_all.py states about gpu.json when it renders docs/benchmarks.md.
@@ -98,7 +98,7 @@ def timed(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def check(outputs: Sequence[Forwarded | ImageFailure | Prediction]) -> None:
+def check(outputs: Sequence[ForwardedBatch | ImageFailure | Prediction]) -> None:
     """The segmenter turns exceptions into per-image failures; a benchmark that kept going
     would time error rows. Stop on the first one instead."""
     for out in outputs:
@@ -115,21 +115,21 @@ class StageRuns:
         self.batches = batches
         self.forward_s = 0.0
 
-    def _forward(self, batch: list[DecodedImage]) -> list[Forwarded | ImageFailure]:
+    def _forward(self, batch: list[DecodedImage]) -> list[ForwardedBatch | ImageFailure]:
         forwarded = self.segmenter.forward(batch)
         check(forwarded)
-        self.forward_s += sum(f.forward_s for f in forwarded if isinstance(f, Forwarded))
+        self.forward_s += sum(f.forward_s for f in forwarded if isinstance(f, ForwardedBatch))
         return forwarded
 
-    def _finish(self, forwarded: list[Forwarded | ImageFailure]) -> None:
-        predictions = self.segmenter.finish(forwarded)
+    def _postprocess(self, forwarded: list[ForwardedBatch | ImageFailure]) -> None:
+        predictions = self.segmenter.postprocess(forwarded)
         check(predictions)
         assert all(isinstance(p, Prediction) and isinstance(p.id_map, np.ndarray)
                    for p in predictions)
 
     def serial(self) -> None:
         for batch in self.batches:
-            self._finish(self._forward(batch))
+            self._postprocess(self._forward(batch))
 
     def pipelined(self) -> None:
         """As segpipe.pipeline.shard.process_shard: one finishing thread, at most two batches
@@ -139,7 +139,7 @@ class StageRuns:
             try:
                 for batch in self.batches:
                     forwarded = self._forward(batch)
-                    pending.append(finishing.submit(self._finish, forwarded))
+                    pending.append(finishing.submit(self._postprocess, forwarded))
                     while len(pending) > 2:
                         pending.popleft().result()
                 while pending:

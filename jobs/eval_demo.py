@@ -25,7 +25,8 @@ import torch  # noqa: E402
 from PIL import Image
 from transformers import Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor
 
-from segpipe.demo.synth import ids_to_rgb, png_bytes, write_scenes
+from segpipe.demo.synth import write_scenes
+from segpipe.formats import coco
 from segpipe.io.storage import Folder
 from segpipe.tools.evaluate import evaluate, format_report
 
@@ -84,7 +85,7 @@ def write_predictions(model_dir: str | Path, scenes_dir: str, out_dir: str, batc
         for image, (ids, segments) in zip(batch, predict(model, processor, labels, pixels),
                                           strict=True):
             name = image["file_name"]
-            out.write_bytes(f"panoptic/{name}", png_bytes(ids_to_rgb(ids)))
+            out.write_bytes(f"panoptic/{name}", coco.id_map_to_png(ids))
             # Predictions name their image by its full URI, as the annotate job does.
             images.append(dict(image, file_name=scenes.url_of(f"images/{name}")))
             annotations.append({

@@ -10,11 +10,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from segpipe.core.config import DTYPES, TASKS, JobConfig
+from segpipe.formats.exports import EXPORT_FORMATS
 
 SOURCE_FORMATS = ("images", "webdataset", "parquet", "manifest")
-# Kept here rather than imported so the CLI starts without loading the export stack;
-# run_export checks the name again.
-EXPORT_FORMATS = ("coco-instance", "cvat", "labelstudio")
 
 
 def _json_object(text: str) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from PIL import Image
 from segpipe.app.annotate import annotate
 from segpipe.cli import build_parser, config_from_args
 from segpipe.core.config import JobConfig
-from segpipe.core.identity import panoptic_png_key
+from segpipe.core.identity import image_png_key
 from segpipe.core.records import ImageFailure
 from segpipe.destination import layout
 from segpipe.io.storage import Folder, UnsafeKeyError, check_key, filesystem
@@ -91,7 +91,7 @@ def test_output_keys_come_from_ids_only():
     for image in (1, 2**32 + 7, 2**63 - 1):
         for key in (layout.panoptic_png("00001", image), layout.semantic_png("99999", image)):
             assert check_key(key) == key
-            assert key.endswith(f"/{panoptic_png_key(image)}")
+            assert key.endswith(f"/{image_png_key(image)}")
     assert OUTPUT_KEY.fullmatch(layout.commit("00001", "00001-000000"))
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from segpipe.app.progress import Progress
 from segpipe.core.config import JobConfig
+from segpipe.core.records import CommitMarker, ShardResult
 from segpipe.destination import layout
 from segpipe.destination.committed import committed_shards
 from segpipe.destination.incremental import write_superseded
@@ -25,14 +26,9 @@ from segpipe.destination.runs import (
 )
 from segpipe.io.storage import Folder
 from segpipe.model.segmenter import Segmenter
-from segpipe.runtime.pool import (
-    ShardPool,
-    WorkerSpec,
-    cpu_threads_per_worker,
-    default_num_workers,
-    init_ray,
-    peak_rss_mb,
-)
+from segpipe.runtime.cluster import cpu_threads_per_worker, default_num_workers, init_ray
+from segpipe.runtime.pool import PoolResult, ShardPool
+from segpipe.runtime.worker import WorkerSpec, peak_rss_mb
 from segpipe.sources import open_source
 
 log = logging.getLogger(__name__)
@@ -57,12 +53,11 @@ def annotate(config: JobConfig) -> dict[str, Any]:
     run_id = state.run.run_id
     # Markers of shards committed by earlier sessions of this run: read once, for the progress
     # bar's start and the run summary.
-    earlier = {sid: dst.read_json(layout.commit(run_id, sid))
-               for _, sid in committed_shards(dst, run_id)}
-    done = set(earlier)
-    todo = [sid for sid in state.plan.shard_ids() if sid not in done]
+    committed_before = {sid: CommitMarker.from_json(dst.read_json(layout.commit(run_id, sid)))
+                        for _, sid in committed_shards(dst, run_id)}
+    todo = [sid for sid in state.plan.shard_ids() if sid not in committed_before]
     log.info("run %s: %d shards planned, %d committed, %d to do", run_id,
-             state.plan.num_shards, len(done), len(todo))
+             state.plan.num_shards, len(committed_before), len(todo))
 
     init_ray(config.address)
     num_workers = config.num_workers or default_num_workers(config.gpus_per_worker)
@@ -79,7 +74,7 @@ def annotate(config: JobConfig) -> dict[str, Any]:
     pool = ShardPool(spec, num_workers=num_workers, gpus_per_worker=config.gpus_per_worker,
                      cpus_per_worker=config.cpus_per_worker, max_attempts=config.max_attempts,
                      shard_timeout=config.shard_timeout, node_wait=config.node_wait)
-    done_images = sum(m["images"] for m in earlier.values())
+    done_images = sum(m.images for m in committed_before.values())
     progress = Progress(total=state.plan.num_images, initial=done_images,
                         enabled=config.progress, stream=sys.stderr)
 
@@ -90,14 +85,17 @@ def annotate(config: JobConfig) -> dict[str, Any]:
                                       "the model's files differ between nodes")
         record_settings(dst, config, digests.pop())
 
+    def count_committed(shard: ShardResult) -> None:
+        progress.update(shard.marker.to_json())
+
     with progress:
-        result = pool.run(todo, progress.update, on_ready=loaded)
+        result = pool.run(todo, count_committed, on_ready=loaded)
     for sid, error in sorted(result.failed.items()):  # status reads these while no summary says
         dst.write_json(layout.failed(run_id, sid), {"shard_id": sid, "error": error})
     if state.incremental:
         write_superseded(dst, run_id, state.run.created_at)
     write_merged_panoptic(dst)
-    summary = _summarize(config, state, earlier, result, started, progress)
+    summary = _summarize(config, state, committed_before, result, started, progress)
     dst.write_json(layout.summary(run_id), summary)
     if result.failed:
         raise JobFailed(f"{len(result.failed)} shard(s) failed: "
@@ -116,12 +114,13 @@ def _fault_shard() -> str | None:
     return os.environ.get("SEGPIPE_FAULT_SHARD") or None
 
 
-def _summarize(config: JobConfig, state: RunState, earlier: dict[str, dict[str, Any]],
-               result: Any, started: float, progress: Progress) -> dict[str, Any]:
+def _summarize(config: JobConfig, state: RunState, committed_before: dict[str, CommitMarker],
+               result: PoolResult, started: float, progress: Progress) -> dict[str, Any]:
     run_id = state.run.run_id
-    markers = list({**earlier, **result.committed}.values())
-    images = sum(m["images"] for m in markers)
-    errors = sum(m["errors"] for m in markers)
+    this_session = list(result.committed.values())
+    markers = [*committed_before.values(), *(r.marker for r in this_session)]
+    images = sum(m.images for m in markers)
+    errors = sum(m.errors for m in markers)
     elapsed = time.time() - started
     status = "complete" if len(markers) == state.plan.num_shards else "incomplete"
     return {
@@ -134,28 +133,27 @@ def _summarize(config: JobConfig, state: RunState, earlier: dict[str, dict[str, 
         "images": images, "planned_images": state.plan.num_images,
         # Listed keys that were not planned, by reason (see sources.base.SKIP_REASONS).
         "skipped": state.plan.skipped,
-        "annotated": sum(m["annotated"] for m in markers), "errors": errors,
-        "segments": sum(m["segments"] for m in markers),
+        "annotated": sum(m.annotated for m in markers), "errors": errors,
+        "segments": sum(m.segments for m in markers),
         "error_rate": errors / images if images else 0.0,
         "images_this_session": progress.processed,
         "images_per_s": round(progress.processed / elapsed, 3) if elapsed > 0 else 0.0,
         "workers_replaced": result.workers_replaced,
         # What this session's workers measured: time in the model's forward against the
         # time they were busy with shards, and peak memory of the driver and of the busiest worker.
-        "worker_forward_s": round(sum(m.get("forward_s", 0.0) for m in result.committed.values()), 3),
-        "worker_busy_s": round(busy_seconds(result.committed.values()), 3),
-        "worker_peak_rss_mb": round(max((m.get("peak_rss_mb", 0.0) for m in result.committed.values()), default=0.0), 1),
+        "worker_forward_s": round(sum(r.forward_s for r in this_session), 3),
+        "worker_busy_s": round(busy_seconds(this_session), 3),
+        "worker_peak_rss_mb": round(max((r.peak_rss_mb for r in this_session), default=0.0), 1),
         "driver_peak_rss_mb": round(peak_rss_mb(), 1),
     }
 
 
-def busy_seconds(markers: Iterable[dict[str, Any]]) -> float:
+def busy_seconds(results: Iterable[ShardResult]) -> float:
     """Wall seconds the workers spent on shards: per worker, the union of its shards' spans
     (a worker reads its next shard while it computes this one, so spans overlap)."""
-    spans: dict[Any, list[tuple[float, float]]] = defaultdict(list)
-    for marker in markers:
-        if "started_at" in marker:
-            spans[marker.get("pid")].append((marker["started_at"], marker["finished_at"]))
+    spans: dict[int | None, list[tuple[float, float]]] = defaultdict(list)
+    for result in results:
+        spans[result.pid].append((result.started_at, result.finished_at))
     total = 0.0
     for worker_spans in spans.values():
         covered_to = float("-inf")

@@ -43,10 +43,10 @@ from typing import Any, Union
 import yaml
 
 from segpipe.core.config import JobConfig
+from segpipe.formats.exports import EXPORT_FORMATS
 
 log = logging.getLogger(__name__)
 
-EXPORT_FORMATS = ("labelstudio", "cvat", "coco-instance")
 SPEC_KEYS = ("name", "description", "steps", "annotate")
 STEP_KINDS = ("annotate", "export")
 

@@ -27,12 +27,8 @@ def shard_id(run_id: str, index: int) -> str:
     return f"{run_id}-{index:06d}"
 
 
-def panoptic_png_key(image: int) -> str:
-    """Key of an image's panoptic PNG, relative to DST/panoptic/."""
-    return f"{image:016x}.png"
-
-
-def semantic_png_key(image: int) -> str:
+def image_png_key(image: int) -> str:
+    """Key of an image's PNG (panoptic or semantic) within its run's folder."""
     return f"{image:016x}.png"
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +19,7 @@ class ImageRef:
     version: str | None = None  # content identity from the listing (ETag, size+mtime)
     fields: dict[str, Any] | None = None  # extra source columns carried to the images table
     # Set when `uri` is the redacted form of a signed URI: where the source lists the real
-    # one (see `sources.located`), since the plan under DST must never hold credentials.
+    # one (see `sources.redacted`), since the plan under DST must never hold credentials.
     locator: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -68,7 +68,7 @@ class ImageFailure:
     """A per-image failure; it becomes one row of the errors table."""
 
     ref: ImageRef
-    stage: str  # read | decode | inference | write
+    stage: str  # read | decode | inference
     error_type: str
     message: str
 
@@ -102,3 +102,38 @@ class RunContext:
     model: str
     revision: str | None
     task: str
+
+
+@dataclass(frozen=True, slots=True)
+class CommitMarker:
+    """What a shard's commit marker stores: its counts. Written last, it says the shard is
+    committed; its bytes depend on nothing but the shard's outputs."""
+
+    shard_id: str
+    run_id: str
+    images: int
+    annotated: int
+    errors: int
+    segments: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> CommitMarker:
+        return cls(obj["shard_id"], obj["run_id"], obj["images"], obj["annotated"],
+                   obj["errors"], obj["segments"])
+
+
+@dataclass(frozen=True, slots=True)
+class ShardResult:
+    """What processing a shard returns to the driver: its stored marker, and how the work
+    went (never stored in the marker, which must not change when a shard is retried)."""
+
+    marker: CommitMarker
+    started_at: float  # wall-clock times of the shard's start and end
+    finished_at: float
+    forward_s: float = 0.0  # time in the model's forward
+    batch_seconds: tuple[float, ...] = ()  # each batch's preprocessing and forward
+    pid: int | None = None  # the worker process, set by the worker
+    peak_rss_mb: float = 0.0  # the worker's peak memory, set by the worker

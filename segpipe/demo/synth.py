@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from segpipe.formats import coco
 from segpipe.io.storage import Folder
 
 CATEGORIES: list[dict[str, Any]] = [
@@ -269,12 +270,6 @@ def _bbox(mask: np.ndarray) -> list[int]:
     return [int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)]
 
 
-def ids_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """COCO-panoptic encoding of a segment id map: id = R + 256 G + 256^2 B."""
-    ids = ids.astype(np.uint32)
-    return np.stack([ids & 255, (ids >> 8) & 255, (ids >> 16) & 255], axis=-1).astype(np.uint8)
-
-
 def png_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
@@ -296,7 +291,7 @@ def write_scenes(
         name = scene_name(seed, index)
         height, width = scene.ids.shape
         out.write_bytes(f"images/{name}", png_bytes(scene.image))
-        out.write_bytes(f"panoptic/{name}", png_bytes(ids_to_rgb(scene.ids)))
+        out.write_bytes(f"panoptic/{name}", coco.id_map_to_png(scene.ids))
         images.append({"id": index, "file_name": name, "width": width, "height": height})
         annotations.append({"image_id": index, "file_name": name,
                             "segments_info": scene.segments})

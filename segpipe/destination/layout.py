@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from segpipe.core.identity import panoptic_png_key, semantic_png_key
+from segpipe.core.identity import image_png_key
 
 META = "_segpipe"
 JOB = f"{META}/job.json"
@@ -109,8 +109,8 @@ def run_prefixes(run_id: str) -> list[str]:
 
 def panoptic_png(run_id: str, image_id: int) -> str:
     """Partitioned by run, so a re-annotated image never overwrites an earlier run's PNG."""
-    return f"panoptic/{run_id}/{panoptic_png_key(image_id)}"
+    return f"panoptic/{run_id}/{image_png_key(image_id)}"
 
 
 def semantic_png(run_id: str, image_id: int) -> str:
-    return f"semantic/{run_id}/{semantic_png_key(image_id)}"
+    return f"semantic/{run_id}/{image_png_key(image_id)}"

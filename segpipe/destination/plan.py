@@ -11,7 +11,7 @@ as repeats. The ids seen so far cost about 16 bytes each (see `SeenIds`). What t
 listing skipped, by reason, is recorded in `plan.json` with the counts of the plan.
 
 The plan lives under DST, which must never hold a credential: sources list a signed URI
-redacted, with a locator to re-read it when fetching (see `sources.located`); any other
+redacted, with a locator to re-read it when fetching (see `sources.redacted`); any other
 name with a credential's shape is planned stripped and withheld, and becomes an errors row.
 """
 
@@ -31,7 +31,7 @@ from segpipe.destination import layout
 from segpipe.io.storage import Folder, redact
 from segpipe.sources import EmptySourceError, Source
 from segpipe.sources.base import SKIP_INSIDE_DST, SKIP_REPEAT, SKIP_SEEN, Skipped, describe_skipped
-from segpipe.sources.located import storable
+from segpipe.sources.redacted import storable
 
 __all__ = ["EmptySourceError", "Plan", "SeenIds", "load_shard", "read_plan", "write_plan"]
 

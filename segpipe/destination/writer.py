@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from segpipe.core.records import ImageFailure, Prediction, RunContext, Shard
+from segpipe.core.records import CommitMarker, ImageFailure, Prediction, RunContext, Shard
 from segpipe.destination import layout
 from segpipe.formats import coco, tables
 from segpipe.io.storage import Folder, ParallelWrites, redact, redact_uri
@@ -81,7 +81,7 @@ class ShardWriter:
         self._rows["images"].append(self._image_row(ref, None, None, None, 0, "error", message,
                                                     None, None))
 
-    def commit(self) -> dict[str, Any]:
+    def commit(self) -> CommitMarker:
         """Write the shard's tables and COCO fragment, then the commit marker, last."""
         run_id, sid = self.run.run_id, self.shard.shard_id
         self.writes.wait()  # every image's PNG lands before anything names it
@@ -91,10 +91,10 @@ class ShardWriter:
             "images": self._coco_images, "annotations": self._coco_annotations,
             "categories": [c.to_coco() for c in self.label_set.categories],
         })
-        marker = {"shard_id": sid, "run_id": run_id, "images": len(self.shard.images),
-                  "annotated": len(self._coco_images), "errors": len(self._rows["errors"]),
-                  "segments": len(self._rows["segments"])}
-        self.dst.write_json(layout.commit(run_id, sid), marker)
+        marker = CommitMarker(sid, run_id, images=len(self.shard.images),
+                              annotated=len(self._coco_images), errors=len(self._rows["errors"]),
+                              segments=len(self._rows["segments"]))
+        self.dst.write_json(layout.commit(run_id, sid), marker.to_json())
         return marker
 
     def _write_semantic(self, pred: Prediction) -> str:

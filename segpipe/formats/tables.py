@@ -70,7 +70,7 @@ ERRORS = pa.schema(
         ("image_id", pa.int64()),
         ("image_uri", pa.string()),
         ("member", pa.string()),  # tar member key or Parquet row; null for plain files
-        ("stage", pa.string()),  # read | decode | inference | write
+        ("stage", pa.string()),  # read | decode | inference
         ("error_type", pa.string()),
         ("message", pa.string()),
         ("attempt", pa.int32()),

@@ -21,7 +21,23 @@ from fsspec.core import split_protocol
 from segpipe.io.storage import filesystem, redact_uri
 from segpipe.labels import LabelSet, match_label_set
 
-FAMILIES = ("mask2former", "oneformer", "maskformer")
+
+@dataclass(frozen=True)
+class Family:
+    """What a model family's transformers processor does around the final resize."""
+
+    mid_size: tuple[int, int] | None  # masks are first resized to this, then a sigmoid
+    antialias: bool  # the final bilinear resize is antialiased (torchvision's resize)
+    instance_by_merge: bool  # instance task: class-score top-k then the panoptic merge
+
+
+# The universal segmentation families that load, and how each one's outputs are post-processed.
+FAMILIES: dict[str, Family] = {
+    "mask2former": Family(mid_size=(384, 384), antialias=False, instance_by_merge=False),
+    "oneformer": Family(mid_size=None, antialias=True, instance_by_merge=True),
+    "maskformer": Family(mid_size=None, antialias=False, instance_by_merge=False),
+}
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BUILTIN_PREFIX = "builtin:"
 LABELS_FILE = "labels.json"  # segpipe's category file beside a checkpoint, when it has one

@@ -2,7 +2,7 @@
 
 Resize, normalize, forward and post-processing all run batched on the model's
 device; only id maps and small segment lists come back to the CPU. `forward` and
-`finish` are separate steps so that a pipeline can post-process one batch while the
+`postprocess` are separate steps so that a pipeline can post-process one batch while the
 next one is in the forward.
 """
 
@@ -25,17 +25,18 @@ DEFAULT_THRESHOLDS = {"panoptic": 0.5, "instance": 0.5, "semantic": 0.0}
 
 
 @dataclass
-class Forwarded:
-    """A batch between the forward and the post-processing: its images and raw logits."""
+class ForwardedBatch:
+    """A batch after the model's forward, before post-processing: its images and raw logits."""
 
     images: list[DecodedImage]
     class_logits: torch.Tensor  # (B, queries, classes + 1)
     mask_logits: torch.Tensor  # (B, queries, h, w)
     forward_s: float = 0.0  # time in the model's forward
 
-    def one(self, index: int) -> Forwarded:
-        return Forwarded([self.images[index]], self.class_logits[index:index + 1],
-                         self.mask_logits[index:index + 1])
+    def single(self, index: int) -> ForwardedBatch:
+        """The batch of image `index` alone."""
+        return ForwardedBatch([self.images[index]], self.class_logits[index:index + 1],
+                              self.mask_logits[index:index + 1])
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -74,12 +75,12 @@ class Segmenter:
         return state
 
     def __call__(self, images: Sequence[DecodedImage]) -> list[Prediction | ImageFailure]:
-        """Segment a batch: `finish(forward(images))`."""
-        return self.finish(self.forward(images))
+        """Segment a batch: `postprocess(forward(images))`."""
+        return self.postprocess(self.forward(images))
 
-    def forward(self, images: Sequence[DecodedImage]) -> list[Forwarded | ImageFailure]:
+    def forward(self, images: Sequence[DecodedImage]) -> list[ForwardedBatch | ImageFailure]:
         """Preprocess and forward a batch, in order; on device out-of-memory, split it and
-        retry the halves. The post-processing is left to `finish`, so that a pipeline can
+        retry the halves. The post-processing is left to `postprocess`, so that a pipeline can
         run it beside the next batch's forward."""
         if not images:
             return []
@@ -98,7 +99,8 @@ class Segmenter:
             half = len(images) // 2
             return self.forward(images[:half]) + self.forward(images[half:])
 
-    def finish(self, forwarded: Sequence[Forwarded | ImageFailure]) -> list[Prediction | ImageFailure]:
+    def postprocess(self, forwarded: Sequence[ForwardedBatch | ImageFailure],
+                    ) -> list[Prediction | ImageFailure]:
         """Post-process what `forward` returned: one result per image, in order."""
         results: list[Prediction | ImageFailure] = []
         for item in forwarded:
@@ -106,33 +108,34 @@ class Segmenter:
                 results.append(item)
                 continue
             try:
-                results.extend(self._finish(item))
+                results.extend(self._postprocess_batch(item))
             except Exception as exc:  # noqa: BLE001 - becomes the image's error row
                 if is_out_of_memory(exc) and torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 if len(item.images) == 1:
                     results.append(_failure(item.images[0], exc))
                 else:  # one image's failure must not fail its batch-mates
-                    results.extend(self.finish([item.one(i) for i in range(len(item.images))]))
+                    results.extend(self.postprocess([item.single(i)
+                                                     for i in range(len(item.images))]))
         return results
 
     @torch.inference_mode()
-    def _forward(self, images: Sequence[DecodedImage]) -> Forwarded:
+    def _forward(self, images: Sequence[DecodedImage]) -> ForwardedBatch:
         loaded = self.setup()
         inputs = self._preprocess(loaded, images)
         started = time.perf_counter()
         outputs = loaded.model(**inputs)
         if loaded.device.type == "cuda":
             torch.cuda.synchronize(loaded.device)
-        return Forwarded(list(images), outputs.class_queries_logits, outputs.masks_queries_logits,
-                         forward_s=time.perf_counter() - started)
+        return ForwardedBatch(list(images), outputs.class_queries_logits,
+                              outputs.masks_queries_logits, forward_s=time.perf_counter() - started)
 
     @torch.inference_mode()
-    def _finish(self, item: Forwarded) -> list[Prediction]:
+    def _postprocess_batch(self, item: ForwardedBatch) -> list[Prediction]:
         loaded = self.setup()
         sizes = [(int(img.pixels.shape[0]), int(img.pixels.shape[1])) for img in item.images]
-        results = self._postprocess(loaded, item.class_logits.float(), item.mask_logits.float(),
-                                    sizes)
+        results = self._segment_logits(loaded, item.class_logits.float(),
+                                       item.mask_logits.float(), sizes)
         return [
             Prediction(image, result.id_map.to("cpu", torch.int32).numpy(), result.segments)
             for image, result in zip(item.images, results, strict=True)
@@ -155,8 +158,10 @@ class Segmenter:
         inputs["pixel_values"] = inputs["pixel_values"].to(loaded.dtype)
         return inputs
 
-    def _postprocess(self, loaded: LoadedModel, class_logits: torch.Tensor, mask_logits: torch.Tensor,
-                     sizes: list[tuple[int, int]]) -> list[postprocess.SegmentationResult]:
+    def _segment_logits(self, loaded: LoadedModel, class_logits: torch.Tensor,
+                        mask_logits: torch.Tensor, sizes: list[tuple[int, int]],
+                        ) -> list[postprocess.SegmentationResult]:
+        """The task's post-processing of a batch's logits, on the model's device."""
         threshold = self.threshold if self.threshold is not None else DEFAULT_THRESHOLDS[self.task]
         if self.task == "semantic":
             return postprocess.post_process_semantic(

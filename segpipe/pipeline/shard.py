@@ -18,13 +18,21 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from segpipe.core.records import DecodedImage, ImageFailure, ImageRef, Prediction, RunContext, Shard
+from segpipe.core.records import (
+    DecodedImage,
+    ImageFailure,
+    ImageRef,
+    Prediction,
+    RunContext,
+    Shard,
+    ShardResult,
+)
 from segpipe.destination.writer import ShardWriter
 from segpipe.io.storage import Folder, ParallelWrites, redact
-from segpipe.model.segmenter import Forwarded, Segmenter
+from segpipe.model.segmenter import ForwardedBatch, Segmenter
 from segpipe.pipeline.decode import decode_image
 from segpipe.sources import Source
-from segpipe.sources.located import WITHHELD, withheld_failure
+from segpipe.sources.redacted import WITHHELD, withheld_failure
 
 _DONE = object()
 
@@ -175,8 +183,8 @@ def process_shard(
     max_pixels: int = 89_478_485,
     read_timeout: float | None = None,
     model_lock: AbstractContextManager[Any] | None = None,
-) -> dict[str, Any]:
-    """Process and commit one shard; returns its commit marker. Per-image failures
+) -> ShardResult:
+    """Process and commit one shard; returns its commit marker and timings. Per-image failures
     become error rows; only a failure of the shard as a whole raises.
 
     Three stages overlap: a prefetch thread reads and decodes; this thread runs each
@@ -215,8 +223,9 @@ def process_shard(
             with lock:
                 forwarded = segmenter.forward(batch)
             stats.batch_seconds.append(time.perf_counter() - started)
-            stats.forward_seconds += sum(f.forward_s for f in forwarded if isinstance(f, Forwarded))
-            submit(lambda f=forwarded: write(segmenter.finish(f)))
+            stats.forward_seconds += sum(f.forward_s for f in forwarded
+                                         if isinstance(f, ForwardedBatch))
+            submit(lambda f=forwarded: write(segmenter.postprocess(f)))
             batch.clear()
 
         try:
@@ -238,9 +247,5 @@ def process_shard(
             for future in pending:
                 future.cancel()
         marker = writer.commit()
-    # Timings ride along in the returned marker only; the stored marker stays deterministic.
-    marker["batch_seconds"] = stats.batch_seconds
-    marker["forward_s"] = stats.forward_seconds
-    marker["started_at"] = started_at
-    marker["finished_at"] = time.time()
-    return marker
+    return ShardResult(marker, started_at=started_at, finished_at=time.time(),
+                       forward_s=stats.forward_seconds, batch_seconds=tuple(stats.batch_seconds))

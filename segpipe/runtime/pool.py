@@ -4,198 +4,40 @@ The driver hands a shard to whichever worker has room, so faster workers take mo
 A worker that dies (or its node) loses nothing: its shards go back in the queue and the
 pool starts a replacement; one that holds a shard past `--shard-timeout` is killed and
 replaced the same way. When no node can host any worker, the pool waits `--node-wait`
-for one to join. Knows nothing of models; it runs `pipeline.process_shard`.
+for one to join. The workers are in `worker`, the cluster's resources in `cluster`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from segpipe.core.records import RunContext
-from segpipe.destination.plan import load_shard
-from segpipe.io.storage import Folder, redact
-from segpipe.model.segmenter import Segmenter
-from segpipe.sources import Source
+from segpipe.core.records import ShardResult
+from segpipe.io.storage import redact
+from segpipe.runtime.cluster import cluster_resources
+from segpipe.runtime.worker import ShardWorker, WorkerSpec
 
 log = logging.getLogger(__name__)
 
-# Env vars workers get from the driver, by name: storage endpoints, regions, profile names,
-# retry settings, model caches. An allow-list, since a runtime env is written to Ray's logs
-# and shown on its dashboard, and a new variable may hold a secret (FSSPEC_S3_SECRET, a
-# container's token). A local Ray's workers inherit the driver's environment anyway; a remote
-# cluster's workers use their own credentials (an instance role, a mounted secret).
-FORWARDED_ENV = frozenset({
-    "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_CONFIG_FILE",
-    "AWS_SHARED_CREDENTIALS_FILE", "AWS_CA_BUNDLE", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE",
-    "AWS_USE_FIPS_ENDPOINT", "AWS_USE_DUALSTACK_ENDPOINT", "AWS_S3_US_EAST_1_REGIONAL_ENDPOINT",
-    "AWS_STS_REGIONAL_ENDPOINTS", "AWS_EC2_METADATA_DISABLED",
-    "FSSPEC_CONFIG_DIR", "FSSPEC_S3_ENDPOINT_URL",
-    "HF_ENDPOINT", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_HUB_ETAG_TIMEOUT",
-    "HF_HUB_DOWNLOAD_TIMEOUT", "HF_HUB_DISABLE_TELEMETRY", "TRANSFORMERS_OFFLINE",
-    "TRANSFORMERS_CACHE", "SEGPIPE_CACHE",
-})
-FORWARDED_ENV_PREFIXES = ("AWS_ENDPOINT_URL_",)  # per-service endpoints: AWS_ENDPOINT_URL_S3
 SHARDS_IN_FLIGHT_PER_WORKER = 2  # one running, one reading ahead
 POLL_SECONDS = 1.0  # how often the driver looks at deadlines (shard timeouts, node wait)
 NODE_WAIT_NOTICE_SECONDS = 10.0  # a worker not placed by then: say that the job waits
 
 
-def forwarded_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """The variables of `environ` that workers get: those the allow-list names, no others."""
-    return {k: v for k, v in environ.items()
-            if k in FORWARDED_ENV or k.startswith(FORWARDED_ENV_PREFIXES)}
-
-
-def init_ray(address: str | None) -> None:
-    """Join `address` (or RAY_ADDRESS), else start a local Ray; workers get our storage env."""
-    if ray.is_initialized():
-        return
-    env = forwarded_env(os.environ)
-    # Inside a Ray job the job's own runtime env already reaches every worker, and Ray refuses
-    # a driver runtime env that sets one of its variables again.
-    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
-    job_env = (job.get("runtime_env") or {}).get("env_vars") or {}
-    env = {k: v for k, v in env.items() if k not in job_env}
-    # OpenMP threads that spin while idle starve the reading and writing threads that run
-    # beside torch on a CPU worker (several times slower on few cores); GPU work is unaffected.
-    if "OMP_WAIT_POLICY" not in os.environ and "OMP_WAIT_POLICY" not in job_env:
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
-    ray.init(address=address or os.environ.get("RAY_ADDRESS") or None,
-             runtime_env={"env_vars": env},
-             log_to_driver=True, logging_level=logging.WARNING, include_dashboard=None)
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """Everything a worker needs; plain data so it pickles cheaply."""
-
-    source: Source
-    segmenter: Segmenter
-    dst: Folder
-    run: RunContext
-    batch_size: int
-    read_threads: int
-    max_pixels: int
-    torch_threads: int | None = None
-    read_timeout: float | None = None  # seconds per image read; None: no limit
-    fault: str | None = None  # test hook: a shard id that always fails, named in SEGPIPE_FAULT_SHARD
-
-
-@ray.remote(max_restarts=0)
-class ShardWorker:
-    """Loads the model once; processes shards. Two calls may run at once so that the
-    next shard reads while this one computes; the model lock keeps forwards serial."""
-
-    def __init__(self, spec: WorkerSpec) -> None:
-        self.spec = spec
-        self.model_lock = threading.Lock()
-        self.metrics = _WorkerMetrics()
-
-    def node(self) -> str:
-        """Answers as soon as the actor runs: the pool's sign that a node could host it."""
-        return ray.get_runtime_context().get_node_id()
-
-    def ready(self) -> dict[str, Any]:
-        import torch
-
-        if self.spec.torch_threads:
-            torch.set_num_threads(self.spec.torch_threads)
-        loaded = self.spec.segmenter.setup()
-        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
-                "device": str(loaded.device), "gpu_ids": ray.get_gpu_ids(),
-                "weights_sha256": loaded.weights_sha256}
-
-    def process(self, shard_id: str, attempt: int) -> dict[str, Any]:
-        from segpipe.pipeline.shard import process_shard
-
-        spec = self.spec
-        if spec.fault and spec.fault == shard_id:
-            raise RuntimeError(f"injected fault in shard {shard_id}")
-        shard = load_shard(spec.dst, spec.run.run_id, shard_id)
-        marker = process_shard(
-            shard, source=spec.source, segmenter=spec.segmenter, dst=spec.dst, run=spec.run,
-            batch_size=spec.batch_size, attempt=attempt, read_threads=spec.read_threads,
-            max_pixels=spec.max_pixels, read_timeout=spec.read_timeout,
-            model_lock=self.model_lock,
-        )
-        self.metrics.record(marker)
-        marker["pid"] = os.getpid()
-        marker["peak_rss_mb"] = peak_rss_mb()
-        return marker
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-class _WorkerMetrics:
-    """Ray metrics, exported to the dashboard and Prometheus by every node."""
-
-    def __init__(self) -> None:
-        from ray.util import metrics
-
-        self.images = metrics.Counter("segpipe_images", "Images processed.")
-        self.segments = metrics.Counter("segpipe_segments", "Segments written.")
-        self.errors = metrics.Counter("segpipe_errors", "Images that ended in the errors table.")
-        self.shards = metrics.Counter("segpipe_shards", "Shards committed.")
-        self.batch_latency = metrics.Histogram(
-            "segpipe_batch_seconds", "Model batch latency (preprocess and forward; post-processing overlaps the next batch).",
-            boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60])
-
-    def record(self, marker: dict[str, Any]) -> None:
-        for counter, value in ((self.images, marker["images"]), (self.segments, marker["segments"]),
-                               (self.errors, marker["errors"]), (self.shards, 1)):
-            if value > 0:  # Ray counters refuse an increment of zero
-                counter.inc(value)
-        for seconds in marker.get("batch_seconds", []):
-            self.batch_latency.observe(seconds)
-
-
 @dataclass
 class PoolResult:
-    committed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """What a run of the pool did: each committed shard's result, and why others failed."""
+
+    committed: dict[str, ShardResult] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     workers_replaced: int = 0
-
-
-def cluster_resources() -> tuple[float, float]:
-    res = ray.cluster_resources()
-    return float(res.get("CPU", 0)), float(res.get("GPU", 0))
-
-
-def cpu_threads_per_worker(num_workers: int, gpus_per_worker: float = 1.0) -> int | None:
-    """On a cluster without GPUs (or with workers that take none), each worker's torch gets
-    its share of the CPUs (Ray would otherwise pin it to the one CPU it declares) less one
-    core, which the worker's reading, post-processing and writing threads need beside the
-    forward; with GPUs, torch's default is right."""
-    cpus, gpus = cluster_resources()
-    return None if gpus > 0 and gpus_per_worker > 0 else max(1, int(cpus // num_workers) - 1)
-
-
-def default_num_workers(gpus_per_worker: float) -> int:
-    return workers_for(*cluster_resources(), gpus_per_worker=gpus_per_worker)
-
-
-def workers_for(cpus: float, gpus: float, *, gpus_per_worker: float) -> int:
-    """One worker per `gpus_per_worker` GPUs; workers that take no GPU run on the CPU."""
-    if gpus > 0 and gpus_per_worker > 0:
-        return max(1, int(gpus // gpus_per_worker))
-    # On CPU each worker runs torch on several threads; a few fat workers beat many thin ones.
-    return max(1, int(cpus // 8))
 
 
 class NoNodeAvailable(RuntimeError):
@@ -246,7 +88,7 @@ class ShardPool:
         gpus, cpus = self.options["num_gpus"], self.options["num_cpus"]
         return f"{gpus:g} GPU(s) and {cpus:g} CPU(s)" if gpus else f"{cpus:g} CPU(s)"
 
-    def run(self, shard_ids: list[str], on_commit: Callable[[dict[str, Any]], None], *,
+    def run(self, shard_ids: list[str], on_commit: Callable[[ShardResult], None], *,
             on_ready: Callable[[list[dict[str, Any]]], None] | None = None) -> PoolResult:
         """`on_ready` sees what the workers loaded, before the first shard starts and again
         whenever another worker has loaded (a late or replacement one) before it takes a
@@ -266,7 +108,7 @@ class _Dispatch:
     """One `ShardPool.run`: the queue of shards, the workers, and what each one holds."""
 
     def __init__(self, pool: ShardPool, shard_ids: list[str], result: PoolResult,
-                 on_commit: Callable[[dict[str, Any]], None],
+                 on_commit: Callable[[ShardResult], None],
                  on_ready: Callable[[list[dict[str, Any]]], None] | None) -> None:
         self.pool = pool
         self.result = result
@@ -332,7 +174,7 @@ class _Dispatch:
         del self.tasks[ref]
         task.slot.load -= 1
         try:
-            marker = ray.get(ref)
+            shard_result = ray.get(ref)
         except RayActorError as exc:
             # The worker process (or its node) is gone: every shard it held goes back in the queue.
             log.warning("a worker died (%s); replacing it", type(exc).__name__)
@@ -343,8 +185,8 @@ class _Dispatch:
             log.debug("shard %s attempt %d failed", task.shard_id, task.attempt, exc_info=exc)
             self.retry_or_fail(task, redact(_task_error_message(exc)))
             return
-        self.result.committed[task.shard_id] = marker
-        self.on_commit(marker)
+        self.result.committed[task.shard_id] = shard_result
+        self.on_commit(shard_result)
 
     def give_up_on_late_shards(self) -> None:
         """A shard past --shard-timeout is retried, and its worker killed: a thread stuck in

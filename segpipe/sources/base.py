@@ -107,21 +107,33 @@ def read_failure(ref: ImageRef, exc: BaseException) -> ImageFailure:
     return ImageFailure(ref, "read", type(exc).__name__, redact(f"{ref.display}: {exc}"))
 
 
+# What a source does with an error that ended a read, once its retries are spent: raise it
+# (the shard fails) or return it (it becomes the errors row of each image it left unread).
+ReadErrorPolicy = Callable[[BaseException], BaseException]
+
+
+def fail_shard_on_outage(exc: BaseException) -> BaseException:
+    """The sources' error policy: a transient storage error still failing after retries is
+    an outage, not a bad image, so it fails the shard and the pool tries it again later
+    rather than commit an errors row for good; any other error is returned, for the rows."""
+    if is_transient(exc):
+        raise exc
+    return exc
+
+
 def fetch_concurrently(
-    refs: Sequence[ImageRef], read: Callable[[ImageRef], bytes], *, threads: int
+    refs: Sequence[ImageRef], read: Callable[[ImageRef], bytes], *, threads: int,
+    on_error: ReadErrorPolicy = fail_shard_on_outage,
 ) -> Fetched:
     """Read refs on a bounded thread pool, yielding in input order; transient errors are
-    retried with backoff, and what still fails becomes an ImageFailure naming the URI."""
+    retried with backoff, and what still fails goes to `on_error`, whose error becomes an
+    ImageFailure naming the URI."""
 
     def read_one(ref: ImageRef) -> bytes | ImageFailure:
         try:
             return with_retries(lambda: read(ref), what=ref.uri)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes an errors row
-            if is_transient(exc):
-                # Still failing after retries is an outage, not a bad image: fail the shard so
-                # the pool retries it later rather than committing an error row for good.
-                raise
-            return read_failure(ref, exc)
+        except Exception as exc:  # noqa: BLE001 - the policy raises it or makes it a row
+            return read_failure(ref, on_error(exc))
 
     return ordered_map(read_one, refs, threads=threads)
 
@@ -185,13 +197,15 @@ Scan = Callable[[set[Any]], Iterator[tuple[Any, "bytes | BaseException"]]]
 
 def fetch_scanned(
     refs: Sequence[ImageRef], keys: Sequence[Hashable | None], scan: Scan, *, attempts: int = 4,
+    on_error: ReadErrorPolicy = fail_shard_on_outage,
 ) -> Fetched:
     """Refs read by one sequential scan of their container, in the order of `refs`.
 
     `keys[i]` is what the scan calls `refs[i]` (None for a placeholder); `scan(skip)`
     yields `(key, bytes or the error reading it)` for every wanted key not in `skip`. A
-    transient error restarts the scan, skipping what was read; any other error fails the
-    refs not read yet. Results are handed on as soon as the order allows.
+    transient error restarts the scan, skipping what was read; the error that ends the
+    scan goes to `on_error`, and the error it returns fails the refs not read yet. Results
+    are handed on as soon as the order allows.
     """
     results: dict[Hashable, bytes | BaseException] = {}
     done: set[Hashable] = set()
@@ -212,6 +226,8 @@ def fetch_scanned(
             if not is_retryable(exc) or attempt == attempts:
                 break
             time.sleep(0.2 * 2 ** (attempt - 1))
+    if error is not None and pending:
+        error = on_error(error)
     for ref, key in pending:
         if key in results:
             yield ref, _as_result(ref, results.pop(key))

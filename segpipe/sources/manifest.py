@@ -16,7 +16,7 @@ planned as a placeholder named by the manifest and the line the record starts on
 worker makes it an errors row saying why: the rest of the manifest is planned as usual.
 
 A signed URI (a presigned URL) is planned redacted, located by the bytes of its record
-(see `located`): a worker re-reads the records of its shard, with one ranged read for
+(see `redacted`): a worker re-reads the records of its shard, with one ranged read for
 records close together, which a shard's are. A placeholder is located the same way, and
 its reason found again in its record's bytes.
 """
@@ -33,18 +33,19 @@ from typing import Any, NamedTuple
 
 from segpipe.core.identity import image_id
 from segpipe.core.records import ImageRef
-from segpipe.io.storage import filesystem, is_transient, redact, with_retries
+from segpipe.io.storage import filesystem, redact, with_retries
 from segpipe.sources.base import (
     DEFAULT_MAX_IMAGE_BYTES,
     SKIP_NO_URI,
     Fetched,
     Skipped,
     SourceConfigError,
+    fail_shard_on_outage,
     uri_of,
 )
-from segpipe.sources.located import SourceChangedError, checked, uri_ref
 from segpipe.sources.policy import UriPolicy
-from segpipe.sources.spans import Lines, Span, byte_runs
+from segpipe.sources.redacted import SourceChangedError, uri_if_unchanged, uri_ref
+from segpipe.sources.spans import Lines, Span, byte_ranges
 from segpipe.sources.table import MAX_FIELD_CHARS, URI_COLUMNS
 from segpipe.sources.uris import fetch_uris, folder_of, resolve_uri
 
@@ -175,25 +176,24 @@ class Manifest:
         folder = folder_of(self.url, self.storage_options)
         source = f"the manifest {redact(self.url)}"
         found: dict[int, str | BaseException] = {}
-        for run in byte_runs([(ref, Span.parse(ref.locator or "")) for ref in refs]):
+        for byte_range in byte_ranges([(ref, Span.parse(ref.locator or "")) for ref in refs]):
             try:
-                read = partial(fs.cat_file, path, start=run.start, end=run.end)
+                read = partial(fs.cat_file, path, start=byte_range.start, end=byte_range.end)
                 data = with_retries(read, what=self.url)
-            except Exception as exc:  # noqa: BLE001 - an errors row for each image, below
-                if is_transient(exc):
-                    raise  # an outage: the shard is tried again later
+            except Exception as exc:  # noqa: BLE001 - the policy raises it or makes it rows
+                cause = fail_shard_on_outage(exc)
                 error = OSError(f"the manifest {redact(self.url)} could not be re-read: "
-                                f"{type(exc).__name__}: {exc}")
-                found.update((ref.image_id, error) for ref, _ in run.spans)
+                                f"{type(cause).__name__}: {cause}")
+                found.update((ref.image_id, error) for ref, _ in byte_range.spans)
                 continue
-            for ref, span in run.spans:
-                record = run.data_of(data, span)
+            for ref, span in byte_range.spans:
+                record = byte_range.data_of(data, span)
                 if ref.member is not None:
                     found[ref.image_id] = _unreadable(record, span, self.delimiter, source)
                     continue
                 uri = _uri_in(record, span, folder, self.delimiter or ",")
-                found[ref.image_id] = checked(ref, uri, source=source,
-                                              where=f"the record at {span}")
+                found[ref.image_id] = uri_if_unchanged(ref, uri, source=source,
+                                                       where=f"the record at {span}")
         return found
 
 

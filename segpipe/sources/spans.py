@@ -41,7 +41,7 @@ class Span(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
-class Run(Generic[T]):
+class ByteRange(Generic[T]):
     """Bytes `start` to `end`, read with one request, and the spans (with their items) in it."""
 
     start: int
@@ -49,24 +49,24 @@ class Run(Generic[T]):
     spans: list[tuple[T, Span]]
 
     def data_of(self, data: bytes, span: Span) -> bytes:
-        """A span's bytes, from the bytes of this run."""
+        """A span's bytes, from the bytes of this range."""
         return data[span.offset - self.start: span.end - self.start]
 
 
-def byte_runs(spans: list[tuple[T, Span]], max_gap: int = MAX_GAP) -> Iterator[Run[T]]:
-    """Spans grouped into runs of bytes: sorted by offset, a gap up to `max_gap` joins two."""
+def byte_ranges(spans: list[tuple[T, Span]], max_gap: int = MAX_GAP) -> Iterator[ByteRange[T]]:
+    """Spans grouped into ranges of bytes: sorted by offset, a gap up to `max_gap` joins two."""
     group: list[tuple[T, Span]] = []
     start = end = 0
     for item, span in sorted(spans, key=lambda pair: pair[1].offset):
         if group and span.offset - end > max_gap:
-            yield Run(start, end, group)
+            yield ByteRange(start, end, group)
             group = []
         if not group:
             start, end = span.offset, span.end
         group.append((item, span))
         end = max(end, span.end)
     if group:
-        yield Run(start, end, group)
+        yield ByteRange(start, end, group)
 
 
 class Lines:

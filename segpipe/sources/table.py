@@ -10,7 +10,7 @@ A table holds either image bytes or image URIs:
 - URIs: `uri_column`, else the first of URI_COLUMNS that is a string. Each image is
   identified by its own URI (relative ones resolve against the table's folder), and an
   image named twice is planned once (the plan drops repeats). A signed URI is planned
-  redacted, located by its table file and row (see `located`). What the URIs may reach
+  redacted, located by its table file and row (see `redacted`). What the URIs may reach
   is limited as for manifests (see `policy`); a row without a URI is counted as skipped.
 
 An image of more than `max_image_bytes` is an errors row.
@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from segpipe.core.identity import duplicate_ids, image_id
 from segpipe.core.records import ImageRef
-from segpipe.io.storage import filesystem, is_transient, redact, with_retries
+from segpipe.io.storage import filesystem, redact, with_retries
 from segpipe.sources.base import (
     DEFAULT_MAX_IMAGE_BYTES,
     SKIP_NO_URI,
@@ -45,14 +45,15 @@ from segpipe.sources.base import (
     Scan,
     Skipped,
     SourceConfigError,
+    fail_shard_on_outage,
     fetch_scanned,
     plan_containers,
     too_large,
 )
 from segpipe.sources.files import version_of
 from segpipe.sources.listing import FileEntry, container_files, expand_urls
-from segpipe.sources.located import checked, uri_ref
 from segpipe.sources.policy import UriPolicy
+from segpipe.sources.redacted import uri_if_unchanged, uri_ref
 from segpipe.sources.uris import fetch_uris, resolve_uri
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -228,7 +229,7 @@ class ParquetTable:
 
     def _list_uris(self, entry: FileEntry, *, skipped: Skipped) -> Iterator[ImageRef]:
         """One ref per row of a table of image URIs, identified by the URI; a signed URI is
-        planned redacted and located by its row (see `located`). Rows without a URI are
+        planned redacted and located by its row (see `redacted`). Rows without a URI are
         counted in `skipped`."""
         fs, path = filesystem(entry.uri, self.storage_options)
         folder = entry.uri.rsplit("/", 1)[0]
@@ -268,22 +269,21 @@ class ParquetTable:
             table, _, row = (ref.locator or "").rpartition("#row=")
             by_table.setdefault(table, {})[int(row)] = ref
         found: dict[int, str | BaseException] = {}
-        for table, located in by_table.items():
+        for table, refs_by_row in by_table.items():
             try:
-                texts = self._open(table, partial(self._uri_texts, table, set(located)))
-            except Exception as exc:  # noqa: BLE001 - an errors row for each image, below
-                if is_transient(exc):
-                    raise  # an outage: the shard is tried again later
+                texts = self._open(table, partial(self._uri_texts, table, set(refs_by_row)))
+            except Exception as exc:  # noqa: BLE001 - the policy raises it or makes it rows
+                cause = fail_shard_on_outage(exc)
                 error = OSError(f"the URI table {redact(table)} could not be re-read: "
-                                f"{type(exc).__name__}: {exc}")
-                found.update((ref.image_id, error) for ref in located.values())
+                                f"{type(cause).__name__}: {cause}")
+                found.update((ref.image_id, error) for ref in refs_by_row.values())
                 continue
             folder = table.rsplit("/", 1)[0]
-            for row, ref in located.items():
+            for row, ref in refs_by_row.items():
                 text = (texts.get(row) or "").strip()
-                found[ref.image_id] = checked(ref, resolve_uri(folder, text) if text else None,
-                                              source=f"the URI table {redact(table)}",
-                                              where=f"row {row}")
+                found[ref.image_id] = uri_if_unchanged(
+                    ref, resolve_uri(folder, text) if text else None,
+                    source=f"the URI table {redact(table)}", where=f"row {row}")
         return found
 
     def _uri_texts(self, table: str, rows: set[int], pf: pq.ParquetFile) -> dict[int, str | None]:

@@ -30,8 +30,8 @@ from segpipe.sources.base import (
     too_large,
     uri_of,
 )
-from segpipe.sources.located import Recover
 from segpipe.sources.policy import HTTP_SCHEMES, UriPolicy
+from segpipe.sources.redacted import Recover
 
 READ_CHUNK = 2**20
 _LISTED_SIZE = re.compile(r"size:(\d+):")
@@ -112,12 +112,12 @@ def fetch_uris(refs: Sequence[ImageRef], storage_options: dict[str, Any], *, thr
                max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> Fetched:
     """Each ref's bytes read from its own URI, concurrently, in the order of `refs`.
 
-    A ref planned redacted (it has a locator, see `located`) is read from the real URI that
+    A ref planned redacted (it has a locator, see `redacted`) is read from the real URI that
     `recover` re-reads from the source, all of them at once before the first read. With a
     `policy`, each URI is checked on this worker right before it is read.
     """
-    located = [ref for ref in refs if ref.locator is not None]
-    real = recover(located) if located and recover is not None else {}
+    redacted = [ref for ref in refs if ref.locator is not None]
+    real = recover(redacted) if redacted and recover is not None else {}
     missing = LookupError("planned redacted, and this source cannot re-read its URI")
     # Per image: the URI to read, or why there is none.
     found = {ref.image_id: ref.uri if ref.locator is None else real.get(ref.image_id, missing)

@@ -18,7 +18,6 @@ predictions name their images by full source URI.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from segpipe.formats import coco
 from segpipe.io.storage import filesystem, with_retries
 
 VOID = 0
@@ -74,10 +73,8 @@ def _join(folder_url: str, name: str) -> str:
 
 
 def read_id_map(url: str, storage_options: dict | None = None) -> np.ndarray:
-    """Segment ids of a COCO-panoptic PNG: R + 256 G + 256^2 B."""
-    with Image.open(io.BytesIO(_read(url, storage_options))) as image:
-        rgb = np.asarray(image.convert("RGB"), dtype=np.uint32)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+    """Segment ids of the COCO-panoptic PNG at `url`."""
+    return coco.png_to_id_map(_read(url, storage_options))
 
 
 def _annotations_by_name(document: dict[str, Any]) -> dict[str, dict[str, Any]]:

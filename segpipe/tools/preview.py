@@ -20,6 +20,7 @@ import logging
 import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ from segpipe.destination.reader import (
     read_id_map,
     require_committed,
 )
+from segpipe.formats.colors import hex_color
 from segpipe.io.storage import Folder
 from segpipe.labels import Category
 from segpipe.tools.source_images import read_source_pixels
@@ -41,6 +43,7 @@ from segpipe.tools.source_images import read_source_pixels
 log = logging.getLogger(__name__)
 
 PREVIEW = "preview"
+GALLERY_TEMPLATE = "preview_gallery.html"  # beside this module, shipped as package data
 MASK_ALPHA = 0.5
 DISPLAY_LONG_SIDE = (480, 1024)  # small images are enlarged so labels stay legible
 VOID_GRAY = 96
@@ -72,7 +75,7 @@ def write_preview(dst: str, *, out: str | None = None, limit: int = 200,
 
     items = [item for _, item in ordered_map(render, chosen, threads=threads)]
     used = {s["c"] for item in items for s in item["segments"]}
-    legend = [{"name": c.name, "color": _hex(c.color), "thing": c.isthing}
+    legend = [{"name": c.name, "color": hex_color(c.color), "thing": c.isthing}
               for c in cats.values() if c.name in used]
     page = gallery_html({"dst": folder.url, "items": items, "categories": legend})
     target.write_bytes("index.html", page.encode("utf-8"))
@@ -202,190 +205,11 @@ def _first(images: Iterable[AnnotatedImage], limit: int) -> list[AnnotatedImage]
     return list(itertools.islice(images, max(0, limit)))
 
 
-def _hex(color: tuple[int, int, int]) -> str:
-    return "#{:02x}{:02x}{:02x}".format(*color)
-
-
 def gallery_html(data: dict[str, Any]) -> str:
+    """The gallery page with `data` embedded; the page itself is package data."""
     # "<" escaped so that no value can close the <script> element holding the data.
     payload = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
-    return (_PAGE.replace("__TITLE__", html.escape(f"segpipe preview: {data['dst']}"))
+    page = resources.files(__package__).joinpath(GALLERY_TEMPLATE).read_text(encoding="utf-8")
+    return (page.replace("__TITLE__", html.escape(f"segpipe preview: {data['dst']}"))
             .replace("__DATA__", payload))
 
-
-_PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>__TITLE__</title>
-<style>
-  body { font: 14px system-ui, sans-serif; margin: 0; background: #16181d; color: #e6e6e6; }
-  header { padding: 12px 16px; background: #21242b; position: sticky; top: 0; z-index: 1; }
-  header h1 { font-size: 16px; margin: 0 0 8px; font-weight: 600; }
-  .controls { display: flex; flex-wrap: wrap; gap: 12px; align-items: center; }
-  .controls label { display: flex; gap: 6px; align-items: center; }
-  select, input, button { font: inherit; background: #2c3038; color: inherit;
-    border: 1px solid #444a55; border-radius: 4px; padding: 3px 6px; }
-  button:disabled { opacity: 0.4; }
-  #legend { display: flex; flex-wrap: wrap; gap: 6px; margin-top: 8px; }
-  .chip { display: inline-flex; gap: 4px; align-items: center; font-size: 12px; }
-  .swatch { width: 12px; height: 12px; border-radius: 2px; display: inline-block; }
-  #grid { display: grid; gap: 12px; padding: 16px;
-    grid-template-columns: repeat(auto-fill, minmax(280px, 1fr)); }
-  figure { margin: 0; background: #21242b; border-radius: 6px; overflow: hidden; }
-  figure img { width: 100%; height: 240px; object-fit: contain; display: block;
-    background: #000; }
-  figcaption { padding: 6px 8px; font-size: 12px; line-height: 1.4; }
-  .name { overflow-wrap: anywhere; font-weight: 600; }
-  .low { color: #ff8a7a; font-weight: 600; }
-  .empty { padding: 32px; text-align: center; color: #999; }
-</style>
-</head>
-<body>
-<header>
-  <h1 id="title"></h1>
-  <div class="controls">
-    <label>category <select id="category"><option value="">all</option></select></label>
-    <label><input type="checkbox" id="low-only"> only scores below
-      <input type="number" id="threshold" min="0" max="1" step="0.05" value="0.5"></label>
-    <label>order <select id="order"><option value="source">as annotated</option>
-      <option value="score">lowest score first</option></select></label>
-    <label>per page <select id="per"><option>12</option><option selected>24</option>
-      <option>48</option><option>96</option></select></label>
-    <button id="prev">&larr; prev</button><span id="page"></span><button id="next">next &rarr;</button>
-    <span id="count"></span>
-  </div>
-  <div id="legend"></div>
-</header>
-<main id="grid"></main>
-<script id="gallery-data" type="application/json">__DATA__</script>
-<script>
-"use strict";
-const DATA = JSON.parse(document.getElementById("gallery-data").textContent);
-const $ = (id) => document.getElementById(id);
-let page = 0;
-
-// The view lives in the URL's fragment (#category=car&below=0.5&order=score&per=24&page=2),
-// so a filtered page can be bookmarked or sent to someone else.
-function readHash() {
-  const q = new URLSearchParams(location.hash.slice(1));
-  $("category").value = q.get("category") || "";
-  $("low-only").checked = q.has("below");
-  if (q.has("below")) $("threshold").value = q.get("below");
-  $("order").value = q.get("order") || "source";
-  $("per").value = q.get("per") || "24";
-  page = Math.max(0, (parseInt(q.get("page"), 10) || 1) - 1);
-}
-
-function writeHash() {
-  const q = new URLSearchParams();
-  if ($("category").value) q.set("category", $("category").value);
-  if ($("low-only").checked) q.set("below", $("threshold").value);
-  if ($("order").value !== "source") q.set("order", $("order").value);
-  if ($("per").value !== "24") q.set("per", $("per").value);
-  if (page > 0) q.set("page", String(page + 1));
-  history.replaceState(null, "", q.toString() ? "#" + q.toString() : location.pathname);
-}
-
-function el(tag, attrs, text) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
-
-function filtered() {
-  const cat = $("category").value;
-  const low = $("low-only").checked;
-  const threshold = parseFloat($("threshold").value);
-  let items = DATA.items.filter((it) =>
-    (!cat || it.segments.some((s) => s.c === cat)) &&
-    (!low || it.segments.some((s) => s.s !== null && s.s < threshold &&
-                                     (!cat || s.c === cat))));
-  if ($("order").value === "score") {
-    const key = (it) => (it.minScore === null ? 2 : it.minScore);
-    items = items.slice().sort((a, b) => key(a) - key(b));
-  }
-  return items;
-}
-
-const pct = (s) => Math.round(s * 100) + "%";
-
-// One line per category: how many segments, and the lowest score among them.
-function summary(segments) {
-  const byCat = new Map();
-  for (const s of segments) {
-    const entry = byCat.get(s.c) || {n: 0, min: null};
-    entry.n += 1;
-    if (s.s !== null && (entry.min === null || s.s < entry.min)) entry.min = s.s;
-    byCat.set(s.c, entry);
-  }
-  return [...byCat].map(([c, e]) => c + (e.n > 1 ? " \u00d7" + e.n : "") +
-                                   (e.min === null ? "" : " " + pct(e.min)));
-}
-
-function card(it) {
-  const fig = el("figure", {"class": "card", "data-id": it.id});
-  const link = el("a", {href: it.src, target: "_blank"});
-  const img = el("img", {src: it.src, alt: it.name, loading: "lazy"});
-  img.addEventListener("load", () => fig.setAttribute("data-loaded", "true"));
-  img.addEventListener("error", () => {
-    fig.setAttribute("data-loaded", "false");
-    cap.appendChild(el("div", {"class": "low"}, "overlay missing: " + it.src));
-  });
-  link.appendChild(img);
-  fig.appendChild(link);
-  const cap = el("figcaption");
-  cap.appendChild(el("div", {"class": "name", title: it.uri},
-                     it.name + "  (" + it.w + "\u00d7" + it.h + ")"));
-  const threshold = parseFloat($("threshold").value);
-  const n = it.segments.length;
-  const line = el("div", {}, n + (n === 1 ? " segment: " : " segments: ") +
-                             (summary(it.segments).join(", ") || "none"));
-  if (it.minScore !== null && it.minScore < threshold) line.className = "low";
-  cap.appendChild(line);
-  if (!it.source) cap.appendChild(el("div", {"class": "low"}, "source image not readable"));
-  fig.appendChild(cap);
-  return fig;
-}
-
-function render() {
-  const items = filtered();
-  const per = parseInt($("per").value, 10);
-  const pages = Math.max(1, Math.ceil(items.length / per));
-  page = Math.min(page, pages - 1);
-  const grid = $("grid");
-  grid.replaceChildren();
-  for (const it of items.slice(page * per, (page + 1) * per)) grid.appendChild(card(it));
-  if (!items.length) grid.appendChild(el("div", {"class": "empty"}, "no images match"));
-  $("page").textContent = " page " + (page + 1) + " of " + pages + " ";
-  $("count").textContent = items.length + " of " + DATA.items.length + " images";
-  $("prev").disabled = page === 0;
-  $("next").disabled = page >= pages - 1;
-  writeHash();
-}
-
-function setup() {
-  $("title").textContent = "segpipe preview: " + DATA.dst;
-  for (const c of DATA.categories) {
-    $("category").appendChild(el("option", {value: c.name}, c.name));
-    const chip = el("span", {"class": "chip"});
-    chip.appendChild(el("span", {"class": "swatch", style: "background:" + c.color}));
-    chip.appendChild(document.createTextNode(c.name));
-    $("legend").appendChild(chip);
-  }
-  readHash();
-  for (const id of ["category", "low-only", "threshold", "order", "per"]) {
-    $(id).addEventListener("input", () => { page = 0; render(); });
-  }
-  $("prev").addEventListener("click", () => { page -= 1; render(); });
-  $("next").addEventListener("click", () => { page += 1; render(); });
-  window.addEventListener("hashchange", () => { readHash(); render(); });
-  render();
-}
-setup();
-</script>
-</body>
-</html>
-"""

@@ -31,7 +31,7 @@ from segpipe.io.storage import Folder, redact_uri
 from segpipe.pipeline.shard import prefetch_decoded
 from segpipe.sources import ImageFiles, open_source
 from segpipe.sources.base import Skipped
-from segpipe.sources.located import WITHHELD
+from segpipe.sources.redacted import WITHHELD
 from tests.sources.test_sources import (
     LOOPBACK_URIS,
     Store,

@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from segpipe.model import postprocess
+from segpipe.model.loading import FAMILIES
 from segpipe.model.postprocess import SegmentationResult
+from segpipe.model.postprocess.tiling import make_grid
 from tests.support.checkpoints import tiny_mask2former
 
-FAMILIES = ("mask2former", "maskformer", "oneformer")
 SIZES = [(97, 130), (60, 80), (150, 110), (128, 128)]  # non-square, different in one batch
 THINGS = set(range(0, 20, 2))
 
@@ -259,8 +260,8 @@ def test_resampling_equals_interpolate_bit_for_bit() -> None:
                 expected = F.interpolate(probs, size=target, mode="bilinear",
                                          align_corners=False)[0]
                 source = logits
-            grid = postprocess._make_grid((24, 32), mid, target, antialias=antialias, tile=16,
-                                          between=torch.sigmoid, device=torch.device("cpu"))
+            grid = make_grid((24, 32), mid, target, antialias=antialias, tile=16,
+                             between=torch.sigmoid, device=torch.device("cpu"))
             tiles = torch.arange(grid.count).repeat(5)
             queries = torch.arange(5).repeat_interleave(grid.count)
             values = grid.target_values(grid.mid_values(source, queries, tiles), None, queries,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from segpipe.app.annotate import busy_seconds
-from segpipe.core.records import RunContext, Shard
+from segpipe.core.records import CommitMarker, RunContext, Shard, ShardResult
 from segpipe.io.storage import Folder, ParallelWrites
 from segpipe.model.segmenter import Segmenter
 from segpipe.pipeline.shard import process_shard
@@ -17,14 +18,14 @@ from tests.support.images import write_images
 
 
 def test_busy_time_counts_overlapping_shards_of_a_worker_once():
-    markers = [
-        {"pid": 1, "started_at": 0.0, "finished_at": 10.0},
-        {"pid": 1, "started_at": 8.0, "finished_at": 15.0},  # read ahead while 0-10 ran
-        {"pid": 1, "started_at": 20.0, "finished_at": 21.0},
-        {"pid": 2, "started_at": 0.0, "finished_at": 4.0},  # another worker counts apart
-        {"shard_id": "from an earlier session, no timings"},
+    marker = CommitMarker("s", "00001", images=1, annotated=1, errors=0, segments=1)
+    results = [
+        ShardResult(marker, 0.0, 10.0, pid=1),
+        ShardResult(marker, 8.0, 15.0, pid=1),  # read ahead while 0-10 ran
+        ShardResult(marker, 20.0, 21.0, pid=1),
+        ShardResult(marker, 0.0, 4.0, pid=2),  # another worker counts apart
     ]
-    assert busy_seconds(markers) == pytest.approx(15.0 + 1.0 + 4.0)
+    assert busy_seconds(results) == pytest.approx(15.0 + 1.0 + 4.0)
 
 
 def test_parallel_writes_land_and_a_failed_write_is_raised(tmp_path):
@@ -44,7 +45,7 @@ def test_parallel_writes_land_and_a_failed_write_is_raised(tmp_path):
             writes.wait()
 
 
-def _run_shard(src: Path, dst: Path, segmenter: Segmenter, batch_size: int) -> dict:
+def _run_shard(src: Path, dst: Path, segmenter: Segmenter, batch_size: int) -> ShardResult:
     source = open_source(str(src))
     refs = tuple(source.list_images())
     run = RunContext("00001", datetime(2026, 1, 1, tzinfo=timezone.utc), "tiny", None, "panoptic")
@@ -62,9 +63,10 @@ def test_overlapped_stages_write_the_same_bytes_every_time(tmp_path, tiny_model)
     segmenter = Segmenter(tiny_model)
     first = _run_shard(src, tmp_path / "a", segmenter, batch_size=4)
     second = _run_shard(src, tmp_path / "b", segmenter, batch_size=4)
-    assert (first["images"], first["annotated"], first["errors"]) == (10, 9, 1)
-    assert (second["segments"], second["errors"]) == (first["segments"], first["errors"])
-    assert 0 < first["forward_s"] <= first["finished_at"] - first["started_at"]
+    assert (first.marker.images, first.marker.annotated, first.marker.errors) == (10, 9, 1)
+    assert second.marker == first.marker
+    assert 0 < first.forward_s <= first.finished_at - first.started_at
+    assert len(first.batch_seconds) == 3  # 9 decoded images in batches of 4
 
     def files(root: Path) -> dict[str, bytes]:
         return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
@@ -73,3 +75,16 @@ def test_overlapped_stages_write_the_same_bytes_every_time(tmp_path, tiny_model)
     a, b = files(tmp_path / "a"), files(tmp_path / "b")
     assert sum(k.startswith("panoptic/") for k in a) == 9
     assert a == b
+
+
+def test_the_stored_marker_holds_the_counts_alone_and_the_result_adds_timings(tmp_path, tiny_model):
+    """The driver gets the shard's timings with its result, while the marker stored at DST
+    keeps its exact bytes: the counts, nothing that differs between two runs of the shard."""
+    src = tmp_path / "src"
+    write_images(src, 3, seed=4)
+    result = _run_shard(src, tmp_path / "dst", Segmenter(tiny_model), batch_size=2)
+    stored = (tmp_path / "dst" / "_segpipe/runs/00001/commits/s0.json").read_bytes()
+    assert stored == (b'{"annotated":3,"errors":0,"images":3,"run_id":"00001","segments":'
+                      + str(result.marker.segments).encode() + b',"shard_id":"s0"}')
+    assert CommitMarker.from_json(json.loads(stored)) == result.marker
+    assert result.started_at < result.finished_at and len(result.batch_seconds) == 2

@@ -271,7 +271,7 @@ def test_the_cli_refuses_a_meaningless_threshold_before_starting(tmp_path, capsy
 
 
 def test_workers_that_take_no_gpu_count_as_cpu_workers():
-    from segpipe.runtime.pool import workers_for
+    from segpipe.runtime.cluster import workers_for
 
     assert workers_for(32, 4, gpus_per_worker=0) == 4  # on the CPU: one per 8 CPUs
     assert workers_for(32, 4, gpus_per_worker=0.5) == 8
@@ -279,7 +279,7 @@ def test_workers_that_take_no_gpu_count_as_cpu_workers():
 
 
 def test_workers_get_only_allow_listed_variables():
-    from segpipe.runtime.pool import forwarded_env
+    from segpipe.runtime.cluster import forwarded_env
 
     environ = {"AWS_ENDPOINT_URL": "http://s3.local", "AWS_ENDPOINT_URL_S3": "http://s3.local",
                "AWS_REGION": "eu-west-1", "AWS_PROFILE": "lake", "AWS_MAX_ATTEMPTS": "5",

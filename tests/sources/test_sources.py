@@ -21,7 +21,7 @@ from PIL import Image
 
 from segpipe.core.identity import image_id
 from segpipe.core.records import DecodedImage, ImageFailure, ImageRef
-from segpipe.io.storage import filesystem, redact_uri
+from segpipe.io.storage import filesystem, is_transient, redact_uri
 from segpipe.pipeline.decode import decode_image
 from segpipe.sources import (
     EmptySourceError,
@@ -35,6 +35,7 @@ from segpipe.sources import (
 )
 from segpipe.sources.base import UNREADABLE
 from segpipe.sources.listing import expand_braces, list_files
+from tests.support.faultproxy import FaultProxy
 from tests.support.httpserver import http_server
 
 
@@ -716,3 +717,29 @@ def test_an_http_image_over_the_limit_is_not_downloaded_whole(tmp_path):
         assert isinstance(values[0], ImageFailure)
         assert f"{len(huge)} bytes, over the limit of {2**20} bytes" in values[0].message
         assert served.bytes_sent < len(huge) // 4  # the limit, and what sockets buffered
+
+
+@pytest.mark.parametrize("kind", ["webdataset", "parquet"])
+def test_a_container_read_failing_transiently_fails_the_shard_not_its_images(
+        bucket: str, s3_endpoint: str, kind: str):
+    """One error policy for every source: storage that keeps answering 503 after the retries
+    is an outage, so the shard fails (and the pool retries it later) rather than committing
+    its images as errors rows for good, as it does for reads of one object per image."""
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    if kind == "webdataset":
+        key, body = "w.tar", tar_bytes([("a.png", png(1)), ("b.png", png(2))])
+    else:
+        out = io.BytesIO()
+        pq.write_table(pa.table({"image": [png(1), png(2)]}), out)
+        key, body = "t.parquet", out.getvalue()
+    s3.put_object(Bucket=bucket, Key=key, Body=body)
+    url = f"s3://{bucket}/{key}"
+    refs = list(open_source(url, source_format=kind).list_images())
+    assert len(refs) == 2
+    no_retries = {"config_kwargs": {"retries": {"mode": "standard", "total_max_attempts": 1}}}
+    with FaultProxy(s3_endpoint, rate=1.0, faults=("503",)) as proxy:
+        through_proxy = open_source(url, source_format=kind,
+                                    storage_options={"endpoint_url": proxy.url, **no_retries})
+        with pytest.raises(OSError) as raised:
+            list(through_proxy.fetch(refs))
+    assert is_transient(raised.value) and proxy.injected["503"] >= 1

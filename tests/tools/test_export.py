@@ -4,6 +4,9 @@ pycocotools for the COCO files, the Label Studio SDK for brush predictions."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -13,6 +16,8 @@ from label_studio_sdk.converter.brush import decode_rle, mask2rle
 from label_studio_sdk.label_interface import LabelInterface
 from pycocotools.coco import COCO
 
+from segpipe.app.jobspec import SpecError, parse_spec
+from segpipe.cli import build_parser
 from segpipe.destination import layout
 from segpipe.destination.reader import AnnotatedImage, NothingCommitted, committed_shards
 from segpipe.formats.brush import encode_mask
@@ -275,3 +280,37 @@ def test_export_and_preview_commands(panoptic_dst, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "gallery:" in out and "committed shards" in out
     assert (tmp_path / "c.json").exists() and (tmp_path / "p" / "index.html").exists()
+
+
+def listed_formats(message: str) -> list[str]:
+    """The format names an error message offers, in its order."""
+    return re.findall(r"[a-z]+(?:-[a-z]+)?", message.split("one of", 1)[1].split(", not")[0])
+
+
+def test_cli_job_specs_and_run_export_offer_one_list_of_formats(capsys):
+    """The CLI, job specs and run_export accept the same formats and name them alike."""
+    with pytest.raises(ValueError, match="format must be one of") as refused:
+        run_export("unused", format="coco", out="unused.json")
+    offered = listed_formats(str(refused.value))
+    spec = {"steps": [{"export": {"format": "coco", "out": "o", "dst": "d"}}]}
+    with pytest.raises(SpecError, match="format must be one of") as refused_in_spec:
+        parse_spec(spec, source="job.yaml", env={})
+    assert listed_formats(str(refused_in_spec.value)) == offered
+
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["export", "d", "--format", "coco", "--out", "o"])
+    choices = capsys.readouterr().err.split("choose from", 1)[1]
+    assert re.findall(r"[a-z]+(?:-[a-z]+)?", choices) == offered
+    for name in offered:
+        assert parser.parse_args(["export", "d", "--format", name, "--out", "o"]).format == name
+    assert sorted(offered) == ["coco-instance", "cvat", "labelstudio"]
+
+
+def test_the_cli_checks_formats_without_importing_the_export_stack():
+    script = ("import sys, segpipe.cli; "
+              "print(' '.join(m for m in sys.modules if m.split('.')[0] in "
+              "('torch', 'transformers', 'ray', 'pyarrow') or m.startswith('segpipe.tools')))")
+    done = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
+                          text=True, timeout=120)
+    assert done.stdout.split() == []

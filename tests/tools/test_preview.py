@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from PIL import Image
 
 from segpipe.destination.reader import iter_images, read_id_map
 from segpipe.io.storage import Folder
-from segpipe.tools.preview import write_preview
+from segpipe.tools.preview import gallery_html, write_preview
 from segpipe.tools.source_images import read_source_pixels
 from tests.support.destinations import annotated
 
@@ -196,3 +197,33 @@ def test_gallery_renders_in_chromium(panoptic_dst, chromium, served, tmp_path):
     grid = pixels[150:700]  # below the header: the overlay thumbnails
     assert grid.std() > 20, "the screenshot shows images, not a blank page"
     assert len(np.unique(grid.reshape(-1, 3), axis=0)) > 2000
+
+
+def test_an_installed_wheel_writes_the_same_gallery(tmp_path):
+    """The gallery page is package data: a wheel must carry it, and the module installed
+    from that wheel must write the same page as this checkout does."""
+    repo = Path(__file__).resolve().parents[2]
+    tree = tmp_path / "tree"
+    shutil.copytree(repo / "segpipe", tree / "segpipe",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo / name, tree / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "--no-index", "-q", "-w", str(tmp_path / "dist"), str(tree)],
+                   check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("segpipe-*.whl")
+    installed = tmp_path / "installed"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(installed)
+
+    data = {"dst": "s3://bucket/dst", "items": [],
+            "categories": [{"name": "car</script>", "color": "#0a0b0c", "thing": True}]}
+    script = ("import json, sys, segpipe.tools.preview as p; "
+              "sys.stdout.write(p.__file__ + '\\n' + p.gallery_html(json.loads(sys.argv[1])))")
+    done = subprocess.run([sys.executable, "-c", script, json.dumps(data)], check=True,
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(installed)})
+    module_file, page = done.stdout.split("\n", 1)
+    assert Path(module_file).is_relative_to(installed), "the wheel's module was the one run"
+    assert page == gallery_html(data)
+    assert "</html>" in page and "car\\u003c/script>" in page

@@ -30,12 +30,12 @@ from segpipe.destination.reader import (
     open_destination,
     require_committed,
 )
+from segpipe.formats.exports import EXPORT_FORMATS
 from segpipe.tools.export.coco_instances import write_coco_instances
 from segpipe.tools.export.images import ImageNaming, refuse_duplicate_cvat_names
 from segpipe.tools.export.labelstudio import labeling_config, write_tasks
 from segpipe.tools.export.output import open_text, sibling
 
-FORMATS = ("coco-instance", "cvat", "labelstudio")
 LABEL_CONFIG = "label_config.xml"
 
 
@@ -49,8 +49,8 @@ def run_export(dst: str, *, format: str, out: str, image_prefix: str | None = No
     `things_only` overrides the format's choice of segments. `from_name` / `to_name` name
     the BrushLabels and Image tags of the Label Studio config.
     """
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, not {format!r}")
     folder = open_destination(dst, storage_options)
     shards = require_committed(folder)
     settings = job_settings(folder)

@@ -21,6 +21,7 @@ import numpy as np
 from segpipe.destination.reader import AnnotatedImage, SegmentRecord
 from segpipe.formats import coco
 from segpipe.formats.brush import encode_mask
+from segpipe.formats.colors import hex_color
 from segpipe.labels import Category
 from segpipe.tools.export.images import ImageNaming
 from segpipe.tools.export.output import JsonArrayWriter
@@ -74,12 +75,8 @@ def _model_version(image: AnnotatedImage) -> str:
 def labeling_config(categories: Iterable[Category], *, from_name: str, to_name: str) -> str:
     """The `<View>` config whose BrushLabels carry every category, in its color."""
     labels = "\n".join(
-        f"    <Label value={quoteattr(c.name)} background={quoteattr(_hex(c.color))}/>"
+        f"    <Label value={quoteattr(c.name)} background={quoteattr(hex_color(c.color))}/>"
         for c in categories)
     return (f'<View>\n  <Image name={quoteattr(to_name)} value="$image" zoom="true"/>\n'
             f"  <BrushLabels name={quoteattr(from_name)} toName={quoteattr(to_name)}>\n"
             f"{labels}\n  </BrushLabels>\n</View>\n")
-
-
-def _hex(color: tuple[int, int, int]) -> str:
-    return "#{:02x}{:02x}{:02x}".format(*color)

@@ -38,7 +38,8 @@ def uri_ref(uri: str, fields: dict[str, Any] | None, locator: Callable[[], str])
     return ImageRef(image_id(shown), shown, fields=fields or None, locator=locator())
 
 
-def checked(ref: ImageRef, uri: str | None, *, source: str, where: str) -> str | SourceChangedError:
+def uri_if_unchanged(ref: ImageRef, uri: str | None, *, source: str,
+                     where: str) -> str | SourceChangedError:
     """`uri`, re-read from the place `ref` was planned from, if it is still the image planned.
 
     `source` and `where` name the list and the place in it, for the error otherwise.

@@ -1,0 +1,9 @@
+"""The formats `segpipe export` writes, named in one place.
+
+Kept apart from `segpipe.tools.export` so the CLI and job specs can check a format name
+without importing the export stack.
+"""
+
+from __future__ import annotations
+
+EXPORT_FORMATS = ("labelstudio", "cvat", "coco-instance")

@@ -1,0 +1,78 @@
+"""The Ray cluster as the job sees it: joining or starting one, the environment workers
+get from the driver, and how many workers its resources fit."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+
+import ray
+
+# Env vars workers get from the driver, by name: storage endpoints, regions, profile names,
+# retry settings, model caches. An allow-list, since a runtime env is written to Ray's logs
+# and shown on its dashboard, and a new variable may hold a secret (FSSPEC_S3_SECRET, a
+# container's token). A local Ray's workers inherit the driver's environment anyway; a remote
+# cluster's workers use their own credentials (an instance role, a mounted secret).
+FORWARDED_ENV = frozenset({
+    "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE", "AWS_CA_BUNDLE", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE",
+    "AWS_USE_FIPS_ENDPOINT", "AWS_USE_DUALSTACK_ENDPOINT", "AWS_S3_US_EAST_1_REGIONAL_ENDPOINT",
+    "AWS_STS_REGIONAL_ENDPOINTS", "AWS_EC2_METADATA_DISABLED",
+    "FSSPEC_CONFIG_DIR", "FSSPEC_S3_ENDPOINT_URL",
+    "HF_ENDPOINT", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_HUB_ETAG_TIMEOUT",
+    "HF_HUB_DOWNLOAD_TIMEOUT", "HF_HUB_DISABLE_TELEMETRY", "TRANSFORMERS_OFFLINE",
+    "TRANSFORMERS_CACHE", "SEGPIPE_CACHE",
+})
+FORWARDED_ENV_PREFIXES = ("AWS_ENDPOINT_URL_",)  # per-service endpoints: AWS_ENDPOINT_URL_S3
+
+def forwarded_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables of `environ` that workers get: those the allow-list names, no others."""
+    return {k: v for k, v in environ.items()
+            if k in FORWARDED_ENV or k.startswith(FORWARDED_ENV_PREFIXES)}
+
+
+def init_ray(address: str | None) -> None:
+    """Join `address` (or RAY_ADDRESS), else start a local Ray; workers get our storage env."""
+    if ray.is_initialized():
+        return
+    env = forwarded_env(os.environ)
+    # Inside a Ray job the job's own runtime env already reaches every worker, and Ray refuses
+    # a driver runtime env that sets one of its variables again.
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    job_env = (job.get("runtime_env") or {}).get("env_vars") or {}
+    env = {k: v for k, v in env.items() if k not in job_env}
+    # OpenMP threads that spin while idle starve the reading and writing threads that run
+    # beside torch on a CPU worker (several times slower on few cores); GPU work is unaffected.
+    if "OMP_WAIT_POLICY" not in os.environ and "OMP_WAIT_POLICY" not in job_env:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    ray.init(address=address or os.environ.get("RAY_ADDRESS") or None,
+             runtime_env={"env_vars": env},
+             log_to_driver=True, logging_level=logging.WARNING, include_dashboard=None)
+
+
+def cluster_resources() -> tuple[float, float]:
+    res = ray.cluster_resources()
+    return float(res.get("CPU", 0)), float(res.get("GPU", 0))
+
+
+def cpu_threads_per_worker(num_workers: int, gpus_per_worker: float = 1.0) -> int | None:
+    """On a cluster without GPUs (or with workers that take none), each worker's torch gets
+    its share of the CPUs (Ray would otherwise pin it to the one CPU it declares) less one
+    core, which the worker's reading, post-processing and writing threads need beside the
+    forward; with GPUs, torch's default is right."""
+    cpus, gpus = cluster_resources()
+    return None if gpus > 0 and gpus_per_worker > 0 else max(1, int(cpus // num_workers) - 1)
+
+
+def default_num_workers(gpus_per_worker: float) -> int:
+    return workers_for(*cluster_resources(), gpus_per_worker=gpus_per_worker)
+
+
+def workers_for(cpus: float, gpus: float, *, gpus_per_worker: float) -> int:
+    """One worker per `gpus_per_worker` GPUs; workers that take no GPU run on the CPU."""
+    if gpus > 0 and gpus_per_worker > 0:
+        return max(1, int(gpus // gpus_per_worker))
+    # On CPU each worker runs torch on several threads; a few fat workers beat many thin ones.
+    return max(1, int(cpus // 8))

@@ -1,0 +1,106 @@
+"""A shard worker: a Ray actor that loads the model once and processes shards, with the
+Ray metrics it exports. Knows nothing of models; it runs `pipeline.process_shard`."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from segpipe.core.records import RunContext, ShardResult
+from segpipe.destination.plan import load_shard
+from segpipe.io.storage import Folder
+from segpipe.model.segmenter import Segmenter
+from segpipe.sources import Source
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs; plain data so it pickles cheaply."""
+
+    source: Source
+    segmenter: Segmenter
+    dst: Folder
+    run: RunContext
+    batch_size: int
+    read_threads: int
+    max_pixels: int
+    torch_threads: int | None = None
+    read_timeout: float | None = None  # seconds per image read; None: no limit
+    fault: str | None = None  # test hook: a shard id that always fails, named in SEGPIPE_FAULT_SHARD
+
+
+@ray.remote(max_restarts=0)
+class ShardWorker:
+    """Loads the model once; processes shards. Two calls may run at once so that the
+    next shard reads while this one computes; the model lock keeps forwards serial."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.model_lock = threading.Lock()
+        self.metrics = WorkerMetrics()
+
+    def node(self) -> str:
+        """Answers as soon as the actor runs: the pool's sign that a node could host it."""
+        return ray.get_runtime_context().get_node_id()
+
+    def ready(self) -> dict[str, Any]:
+        import torch
+
+        if self.spec.torch_threads:
+            torch.set_num_threads(self.spec.torch_threads)
+        loaded = self.spec.segmenter.setup()
+        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
+                "device": str(loaded.device), "gpu_ids": ray.get_gpu_ids(),
+                "weights_sha256": loaded.weights_sha256}
+
+    def process(self, shard_id: str, attempt: int) -> ShardResult:
+        from segpipe.pipeline.shard import process_shard
+
+        spec = self.spec
+        if spec.fault and spec.fault == shard_id:
+            raise RuntimeError(f"injected fault in shard {shard_id}")
+        shard = load_shard(spec.dst, spec.run.run_id, shard_id)
+        result = process_shard(
+            shard, source=spec.source, segmenter=spec.segmenter, dst=spec.dst, run=spec.run,
+            batch_size=spec.batch_size, attempt=attempt, read_threads=spec.read_threads,
+            max_pixels=spec.max_pixels, read_timeout=spec.read_timeout,
+            model_lock=self.model_lock,
+        )
+        self.metrics.record(result)
+        return dataclasses.replace(result, pid=os.getpid(), peak_rss_mb=peak_rss_mb())
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class WorkerMetrics:
+    """Ray metrics, exported to the dashboard and Prometheus by every node."""
+
+    def __init__(self) -> None:
+        from ray.util import metrics
+
+        self.images = metrics.Counter("segpipe_images", "Images processed.")
+        self.segments = metrics.Counter("segpipe_segments", "Segments written.")
+        self.errors = metrics.Counter("segpipe_errors", "Images that ended in the errors table.")
+        self.shards = metrics.Counter("segpipe_shards", "Shards committed.")
+        self.batch_latency = metrics.Histogram(
+            "segpipe_batch_seconds", "Model batch latency (preprocess and forward; post-processing overlaps the next batch).",
+            boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60])
+
+    def record(self, result: ShardResult) -> None:
+        marker = result.marker
+        for counter, value in ((self.images, marker.images), (self.segments, marker.segments),
+                               (self.errors, marker.errors), (self.shards, 1)):
+            if value > 0:  # Ray counters refuse an increment of zero
+                counter.inc(value)
+        for seconds in result.batch_seconds:
+            self.batch_latency.observe(seconds)
