@@ -64,6 +64,7 @@ def test_a_lost_node_has_its_shards_requeued_and_each_image_is_annotated_once(
     check_contract(Folder(dst), [str(p) for p in paths])  # every image exactly once
 
 
+@pytest.mark.slow  # about a minute: a node removed, then a new one started and joined
 def test_a_job_whose_only_gpu_node_is_lost_waits_for_a_new_one(tmp_path, tiny_model):
     paths = write_images(tmp_path / "src", NUM_IMAGES, seed=9)
     dst = tmp_path / "dst"
