@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint typecheck bench clean
+.PHONY: install demo test test-all lint bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check segpipe tests benchmarks jobs
+	$(PY) -m mypy
 	$(PY) -m pytest -q -m "not slow"
 
 test-all: $(STAMP)
@@ -30,9 +31,6 @@ test-all: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check segpipe tests benchmarks jobs
-
-# Not yet part of `make test`: segpipe/ still has type errors to fix.
-typecheck: $(STAMP)
 	$(PY) -m mypy
 
 bench: $(STAMP)

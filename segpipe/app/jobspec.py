@@ -173,6 +173,7 @@ def run_spec(spec: JobSpec, overrides: Mapping[str, Any] | None = None) -> int:
                 print(f"{label} annotate: {_describe_run(_annotate(step.config))}", flush=True)
             else:
                 dst = step.dst or last_dst
+                assert dst is not None, "parsing refuses an export with no dst and no annotate before"
                 print(f"{label} export {step.format}: {dst} -> {step.out}", flush=True)
                 from segpipe.tools.export import run_export
 

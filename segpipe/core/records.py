@@ -79,7 +79,7 @@ class Segment:
 
     segment_id: int
     label_id: int  # the model's label index
-    score: float
+    score: float | None  # None for semantic segments: a class has no query score
     was_fused: bool = False
 
 

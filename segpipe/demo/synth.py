@@ -116,7 +116,7 @@ def _band_map(rng: np.random.Generator, layout: tuple[str, ...], height: int, wi
 def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int) -> np.ndarray:
     """Low-frequency noise in [-1, 1]: a small random grid resized up bicubically."""
     grid = rng.uniform(0, 255, size=(cells, cells)).astype(np.uint8)
-    big = Image.fromarray(grid).resize((width, height), Image.BICUBIC)
+    big = Image.fromarray(grid).resize((width, height), Image.Resampling.BICUBIC)
     return np.asarray(big, np.float32) / 127.5 - 1.0
 
 
@@ -211,6 +211,8 @@ def _shape_mask(rng, name: str, height: int, width: int) -> np.ndarray:
 
 def _outline(rng, name: str, cx: float, cy: float, radius: float, angle: float):
     """Polygon vertices of a non-circle shape centered at (cx, cy)."""
+    t: np.ndarray  # vertex angles
+    r: np.ndarray  # vertex radii
     if name == "square":
         t = angle + np.arange(4) * np.pi / 2
         r = np.full(4, radius * 0.9)
@@ -249,7 +251,7 @@ def _shade(rng, color: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def _finish(image: np.ndarray, id_map: np.ndarray, labels: list[str]) -> Scene:
     """Renumber the visible segments 1..N and describe them as segments_info."""
     out = np.zeros_like(id_map)
-    segments = []
+    segments: list[dict[str, Any]] = []
     for old, name in enumerate(labels, start=1):
         mask = id_map == old
         if not mask.any():

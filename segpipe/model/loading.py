@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from fsspec.core import split_protocol
@@ -131,12 +131,12 @@ def load_model(
 ) -> LoadedModel:
     """Load a checkpoint and its processor onto `device`, with its label set."""
     import transformers
-    from transformers import AutoConfig
+    from transformers import AutoConfig, PreTrainedModel
 
     transformers.utils.logging.disable_progress_bar()
     location = resolve_location(model, revision, storage_options)
     shown = redact_uri(model)
-    common = {"revision": revision, "trust_remote_code": False}
+    common: dict[str, Any] = {"revision": revision, "trust_remote_code": False}
     try:
         config = AutoConfig.from_pretrained(location, **common)
     except Exception as exc:
@@ -147,11 +147,12 @@ def load_model(
             f"model {shown!r} is a {family!r} model, not a universal segmentation model "
             f"({', '.join(FAMILIES)})"
         )
-    model_cls = {
+    model_classes: dict[str, type[PreTrainedModel]] = {
         "mask2former": transformers.Mask2FormerForUniversalSegmentation,
         "oneformer": transformers.OneFormerForUniversalSegmentation,
         "maskformer": transformers.MaskFormerForInstanceSegmentation,
-    }[family]
+    }
+    model_cls = model_classes[family]
     torch_device = pick_device(device)
     torch_dtype = DTYPES[dtype]
     try:
@@ -162,7 +163,8 @@ def load_model(
     except Exception as exc:
         hint = "" if allow_pickle_weights else " (only safetensors weights load unless --allow-pickle-weights)"
         raise ModelLoadError(f"could not load model {shown!r}: {exc}{hint}") from exc
-    net.to(torch_device).eval()
+    # PreTrainedModel.to is typed through functools.wraps(Module.to), as if it were unbound.
+    cast(torch.nn.Module, net).to(torch_device).eval()
     if label_map is None and os.path.exists(os.path.join(location, LABELS_FILE)):
         label_map = os.path.join(location, LABELS_FILE)  # a checkpoint that ships its categories
     labels = match_label_set(dict(config.id2label), label_map=label_map, model=shown)

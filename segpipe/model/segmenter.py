@@ -19,6 +19,7 @@ from segpipe.core.records import DecodedImage, ImageFailure, Prediction
 from segpipe.io.storage import redact
 from segpipe.model import postprocess
 from segpipe.model.loading import LoadedModel, load_model
+from segpipe.model.postprocess import SegmentationResult
 
 # transformers' own defaults for post_process_{panoptic,instance}_segmentation.
 DEFAULT_THRESHOLDS = {"panoptic": 0.5, "instance": 0.5, "semantic": 0.0}
@@ -160,7 +161,7 @@ class Segmenter:
 
     def _segment_logits(self, loaded: LoadedModel, class_logits: torch.Tensor,
                         mask_logits: torch.Tensor, sizes: list[tuple[int, int]],
-                        ) -> list[postprocess.SegmentationResult]:
+                        ) -> list[SegmentationResult]:
         """The task's post-processing of a batch's logits, on the model's device."""
         threshold = self.threshold if self.threshold is not None else DEFAULT_THRESHOLDS[self.task]
         if self.task == "semantic":

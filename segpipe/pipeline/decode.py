@@ -79,8 +79,7 @@ def _decode(data: bytes, max_pixels: int) -> np.ndarray:
             if width < 1 or height < 1:
                 raise DecodeError(f"image has no pixels ({width}x{height})")
             img.seek(0)  # first frame of animated GIF / multi-page TIFF
-            img = ImageOps.exif_transpose(img)
-            rgb = _to_rgb(img)
+            rgb = _to_rgb(ImageOps.exif_transpose(img))
             rgb.load()
             return np.asarray(rgb, dtype=np.uint8).copy()
 

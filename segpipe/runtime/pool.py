@@ -14,9 +14,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import ray
+from ray.actor import ActorClass
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from segpipe.core.records import ShardResult
@@ -29,6 +30,10 @@ log = logging.getLogger(__name__)
 SHARDS_IN_FLIGHT_PER_WORKER = 2  # one running, one reading ahead
 POLL_SECONDS = 1.0  # how often the driver looks at deadlines (shard timeouts, node wait)
 NODE_WAIT_NOTICE_SECONDS = 10.0  # a worker not placed by then: say that the job waits
+
+# Ray types a class decorated with `ray.remote(...)` as the class itself, not its ActorClass;
+# the handles it makes are untyped, as `_Slot.actor` is.
+_WORKER_CLASS = cast("ActorClass[Any]", ShardWorker)
 
 
 @dataclass
@@ -81,7 +86,7 @@ class ShardPool:
         self.node_wait = node_wait
 
     def start_worker(self) -> _Slot:
-        actor = ShardWorker.options(**self.options).remote(self.spec)
+        actor = _WORKER_CLASS.options(**self.options).remote(self.spec)
         return _Slot(actor, actor.node.remote(), actor.ready.remote())
 
     def worker_needs(self) -> str:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import islice
-from typing import Any
+from typing import Any, TypedDict
 
 from segpipe.io.storage import redact
 from segpipe.sources.base import (
@@ -65,6 +65,14 @@ def detect_format(url: str, storage_options: dict[str, Any] | None = None) -> st
     return "images"
 
 
+class _UriReach(TypedDict):
+    """The limits every source of URIs takes, passed on as keyword arguments."""
+
+    max_image_bytes: int
+    allow_uri_schemes: tuple[str, ...]
+    allow_private_hosts: bool
+
+
 def open_source(url: str, *, source_format: str | None = None,
                 storage_options: dict[str, Any] | None = None, image_column: str | None = None,
                 uri_column: str | None = None, id_column: str | None = None,
@@ -74,8 +82,9 @@ def open_source(url: str, *, source_format: str | None = None,
     """The source for `url`; the kind is picked from the URL unless `source_format` says."""
     options = storage_options or {}
     limits = {"max_image_bytes": max_image_bytes}
-    reach = {**limits, "allow_uri_schemes": tuple(allow_uri_schemes),
-             "allow_private_hosts": allow_private_hosts}
+    reach = _UriReach(max_image_bytes=max_image_bytes,
+                      allow_uri_schemes=tuple(allow_uri_schemes),
+                      allow_private_hosts=allow_private_hosts)
     kind = source_format or detect_format(url, options)
     if kind not in SOURCE_FORMATS:
         raise ValueError(f"unknown --source-format {kind!r}: one of {', '.join(SOURCE_FORMATS)}")

@@ -97,6 +97,7 @@ def _walk(fs: fsspec.AbstractFileSystem, url: str, prefix: str, *, page_size: in
     """Files whose path starts with `prefix` (a folder when it ends with "/") and that
     `matches`, sorted; a walker yields a non-regular file with None for its info, and it
     is counted here, once it is known to be wanted."""
+    entries: Iterator[tuple[str, dict | None]]
     if _is_s3(fs):
         entries = _s3_pages(fs, prefix, page_size, delimited=max_depth == 0)
     elif isinstance(fs, LocalFileSystem):

@@ -266,8 +266,8 @@ class ParquetTable:
         """The real URI of each ref planned redacted, re-read from its row of its table file."""
         by_table: dict[str, dict[int, ImageRef]] = {}
         for ref in refs:
-            table, _, row = (ref.locator or "").rpartition("#row=")
-            by_table.setdefault(table, {})[int(row)] = ref
+            table, _, row_number = (ref.locator or "").rpartition("#row=")
+            by_table.setdefault(table, {})[int(row_number)] = ref
         found: dict[int, str | BaseException] = {}
         for table, refs_by_row in by_table.items():
             try:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from itertools import groupby
@@ -55,7 +55,7 @@ def split_member(name: str) -> tuple[str, str] | None:
     return (match.group(1), match.group(2)) if match else None
 
 
-def scan_tar(f: IO[bytes]) -> Iterator[tarfile.TarInfo]:
+def scan_tar(f: IO[bytes]) -> Generator[tarfile.TarInfo, None, None]:
     """The members of an uncompressed tar, from a seekable file. Raises `tarfile.TarError`
     when the archive ends in anything but its end-of-archive padding: `tarfile` would stop
     there silently, and what follows would be lost without a word."""

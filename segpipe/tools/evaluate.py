@@ -190,8 +190,8 @@ def _missed(annotation: dict[str, Any], categories: dict[int, dict[str, Any]]) -
 
 def _average(stat: PQStat, categories: Iterable[dict[str, Any]]) -> dict[str, float]:
     """Mean PQ, SQ, RQ over the categories that occur (panopticapi's pq_average)."""
-    rows = [_category_scores(stat[c["id"]]) for c in categories]
-    rows = [row for row in rows if row is not None]
+    scored = [_category_scores(stat[c["id"]]) for c in categories]
+    rows = [row for row in scored if row is not None]
     n = len(rows)
     if n == 0:
         return {"pq": 0.0, "sq": 0.0, "rq": 0.0, "n": 0}

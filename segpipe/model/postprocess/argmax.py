@@ -50,7 +50,8 @@ def resolve(grid: Grid, bounds: tuple[torch.Tensor, torch.Tensor],
         threshold_area = ((full & ~evaluate) * pixels[:, None]).sum(0)
     winner = torch.where(settled, best, -1)
     tile, query = evaluate.nonzero().unbind(1)  # sorted by tile, then query
-    mixed_tiles, mixed_labels = [], []
+    tile_parts: list[torch.Tensor] = []
+    label_parts: list[torch.Tensor] = []
     for part in chunks_by_tile(tile, max(1, max_chunk_pixels // grid.pair_pixels)):
         t, q = tile[part], query[part]
         mid = mid_values(q, t)
@@ -61,27 +62,27 @@ def resolve(grid: Grid, bounds: tuple[torch.Tensor, torch.Tensor],
         winner[t[won]] = q[won]
         candidate = still_mixed & (hi2 >= _segment_max(t, lo2)[t])
         wanted = candidate
-        if threshold_area is not None:
+        if threshold_area is not None and mask_threshold is not None:
             wanted = candidate | ((lo2 < mask_threshold) & (hi2 >= mask_threshold))
             full_tile = (lo2 >= mask_threshold) & ~wanted
             threshold_area.index_add_(0, q, full_tile * pixels[t])
         t, q, candidate = t[wanted], q[wanted], candidate[wanted]
         vals = grid.target_values(mid[wanted], scores, q, t)
-        if threshold_area is not None:
+        if threshold_area is not None and mask_threshold is not None:
             hit = vals >= mask_threshold
             if grid.padded:
                 hit &= grid.valid(t)
             threshold_area.index_add_(0, q, hit.sum((1, 2)))
         if candidate.any():
             tiles, labels = _argmax_by_tile(vals[candidate], q[candidate], t[candidate], num)
-            mixed_tiles.append(tiles)
-            mixed_labels.append(labels)
+            tile_parts.append(tiles)
+            label_parts.append(labels)
     area = torch.zeros(num, dtype=torch.long, device=lo.device)
     whole = winner >= 0
     area.index_add_(0, winner[whole], pixels[whole])
     shape = (0, grid.rows.tile, grid.cols.tile)
-    mixed_tiles = torch.cat(mixed_tiles) if mixed_tiles else tile.new_zeros(0)
-    mixed_labels = torch.cat(mixed_labels) if mixed_labels else tile.new_zeros(shape)
+    mixed_tiles = torch.cat(tile_parts) if tile_parts else tile.new_zeros(0)
+    mixed_labels = torch.cat(label_parts) if label_parts else tile.new_zeros(shape)
     if len(mixed_tiles):
         labels = mixed_labels[grid.valid(mixed_tiles)] if grid.padded else mixed_labels.flatten()
         area += torch.bincount(labels, minlength=num)

@@ -26,6 +26,7 @@ class SegmentationResult:
 
 def _valid_segments(resolved: Resolved, overlap_mask_area_threshold: float) -> torch.Tensor:
     """transformers' check_segment_validity for every query at once."""
+    assert resolved.threshold_area is not None, "merge resolves with a mask_threshold"
     return _validity(resolved.area, resolved.threshold_area, overlap_mask_area_threshold)
 
 

@@ -39,6 +39,11 @@ def _sizes(target_sizes: Sequence[tuple[int, int]] | None, batch: int,
     return [(int(h), int(w)) for h, w in target_sizes]
 
 
+def _spatial_size(values: torch.Tensor) -> tuple[int, int]:
+    """(height, width) of a tensor whose last two dimensions are spatial."""
+    return values.shape[-2], values.shape[-1]
+
+
 class _GridCache:
     """Tiling plans per (source, target) size within one call."""
 
@@ -88,7 +93,7 @@ def post_process_panoptic(
     keep = (labels != cls.shape[-1] - 1) & (scores > threshold)
     between = torch.sigmoid if fam.mid_size is not None else None
     grids = _GridCache(fam, tile, masks.device, mid=True, between=between)
-    native = fam.mid_size or tuple(masks.shape[-2:])
+    native = fam.mid_size or _spatial_size(masks)
     results = []
     for i, size in enumerate(_sizes(target_sizes, len(cls), native)):
         kept = keep[i].nonzero().flatten()
@@ -105,7 +110,7 @@ def post_process_panoptic(
                 fuse_labels=label_ids_to_fuse or ()))
             continue
         results.append(merge(
-            grids(tuple(source.shape[-2:]), size), source, scores[i, kept], labels[i, kept],
+            grids(_spatial_size(source), size), source, scores[i, kept], labels[i, kept],
             mask_threshold=mask_threshold, overlap_mask_area_threshold=overlap_mask_area_threshold,
             fuse_labels=label_ids_to_fuse or (), max_chunk_pixels=max_chunk_pixels))
     return results
@@ -134,19 +139,19 @@ def post_process_instance(
     fam = _family(family)
     cls = class_queries_logits.float()
     masks = masks_queries_logits.float()
-    native = fam.mid_size or tuple(masks.shape[-2:])
+    native = fam.mid_size or _spatial_size(masks)
     sizes = _sizes(target_sizes, len(cls), native)
     grids = _GridCache(fam, tile, masks.device, mid=False)
     results = []
     for i, size in enumerate(sizes):
         if fam.instance_by_merge:
             results.append(_instance_by_merge(
-                cls[i], masks[i], grids(tuple(masks.shape[-2:]), size), threshold=threshold,
+                cls[i], masks[i], grids(_spatial_size(masks), size), threshold=threshold,
                 mask_threshold=mask_threshold,
                 overlap_mask_area_threshold=overlap_mask_area_threshold, thing_ids=thing_ids,
                 max_chunk_pixels=max_chunk_pixels))
         else:
-            grid = grids(tuple(masks.shape[-2:]), native)
+            grid = grids(_spatial_size(masks), native)
             results.append(_instance_by_mask_score(cls[i], masks[i], grid, size, threshold,
                                                    max_chunk_pixels))
     return results
@@ -249,14 +254,14 @@ def post_process_semantic(
     fam = _family(family)
     cls = class_queries_logits.float()
     masks = masks_queries_logits.float()
-    native = fam.mid_size or tuple(masks.shape[-2:])
+    native = fam.mid_size or _spatial_size(masks)
     between = torch.sigmoid if fam.mid_size is not None else None
     grids = _GridCache(fam, tile, masks.device, mid=True, between=between)
     class_probs = cls.softmax(-1)[..., :-1]
     results = []
     for i, size in enumerate(_sizes(target_sizes, len(cls), native)):
         logits = masks[i]
-        grid = grids(tuple(logits.shape[-2:]), size)
+        grid = grids(_spatial_size(logits), size)
         # Class scores are sums of query probabilities with weights >= 0, so the queries'
         # bounds (cheap, from the logits) bound them; sums round, hence the wider slack.
         if fam.mid_size is not None:  # the grid applies the sigmoid after the mid resize

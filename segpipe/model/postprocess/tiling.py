@@ -72,11 +72,12 @@ def _resample_rows(values: torch.Tensor, index: torch.Tensor, weight: torch.Tens
     n, a, b = values.shape
     rows = values.reshape(n * a, b)
     base = torch.arange(n, device=values.device)[:, None] * a
-    out = None
+    out: torch.Tensor | None = None
     for t in range(index.shape[-1]):
         picked = rows.index_select(0, (base + index[:, :, t]).flatten())
         picked, w = picked.view(n, index.shape[1], b), weight[:, :, t, None]
         out = picked * w if out is None else torch.addcmul(out, picked, w)
+    assert out is not None, "a tap table has at least one tap per position"
     return out
 
 
@@ -105,6 +106,7 @@ class Grid:
         sizes = [self.rows.tile * self.cols.tile,
                  self.rows.window.shape[1] * self.cols.window.shape[1]]
         if self.rows.mid_index is not None:
+            assert self.cols.mid_index is not None, "make_grid gives both axes a mid step or neither"
             sizes.append(self.rows.mid_index.shape[1] * self.cols.mid_index.shape[1])
         return max(sizes)
 
@@ -154,6 +156,8 @@ class Grid:
         patch = _windows(source, query, rows.window[ty], cols.window[tx])
         if rows.mid_index is None:
             return patch
+        assert rows.mid_weight is not None and cols.mid_index is not None \
+            and cols.mid_weight is not None, "make_grid gives both axes a mid step or neither"
         # Width first, then height: the order of PyTorch's kernels, so the rounding matches.
         patch = _resample_cols(patch, cols.mid_index[tx], cols.mid_weight[tx])
         patch = _resample_rows(patch, rows.mid_index[ty], rows.mid_weight[ty])
