@@ -85,16 +85,15 @@ def annotate(config: JobConfig) -> dict[str, Any]:
                                       "the model's files differ between nodes")
         record_settings(dst, config, digests.pop())
 
-    def count_committed(shard: ShardResult) -> None:
-        progress.update(shard.marker.to_json())
-
     with progress:
-        result = pool.run(todo, count_committed, on_ready=loaded)
+        result = pool.run(todo, lambda shard: progress.update(shard.marker), on_ready=loaded)
     for sid, error in sorted(result.failed.items()):  # status reads these while no summary says
         dst.write_json(layout.failed(run_id, sid), {"shard_id": sid, "error": error})
+    # One listing of what is committed now serves both: each is a full listing on a store.
+    shards = committed_shards(dst)
     if state.incremental:
-        write_superseded(dst, run_id, state.run.created_at)
-    write_merged_panoptic(dst)
+        write_superseded(dst, run_id, state.run.created_at, shards)
+    write_merged_panoptic(dst, shards=shards)
     summary = _summarize(config, state, committed_before, result, started, progress)
     dst.write_json(layout.summary(run_id), summary)
     if result.failed:

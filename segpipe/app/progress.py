@@ -8,6 +8,8 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
+from segpipe.core.records import CommitMarker
+
 log = logging.getLogger("segpipe.app.progress")
 
 
@@ -33,13 +35,14 @@ class Progress:
             self.bar.close()
         self._log(force=True)
 
-    def update(self, marker: dict[str, Any]) -> None:
-        self.done += marker["images"]
-        self.processed += marker["images"]
-        self.errors += marker["errors"]
+    def update(self, marker: CommitMarker) -> None:
+        """Count a committed shard."""
+        self.done += marker.images
+        self.processed += marker.images
+        self.errors += marker.errors
         if self.bar is not None:
             self.bar.set_postfix(errors=self.errors, refresh=False)
-            self.bar.update(marker["images"])
+            self.bar.update(marker.images)
         else:
             self._log()
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -138,10 +136,6 @@ class JobConfig:
 
     def fingerprint(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in FINGERPRINT_FIELDS}
-
-    def fingerprint_hash(self) -> str:
-        blob = json.dumps(self.fingerprint(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
 
     def replace(self, **changes: Any) -> JobConfig:
         return dataclasses.replace(self, **changes)

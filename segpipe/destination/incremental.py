@@ -80,10 +80,12 @@ def is_superseded(superseded: dict[str, np.ndarray], run_id: str, image_id: int)
     return i < ids.size and int(ids[i]) == image_id
 
 
-def write_superseded(dst: Folder, run_id: str, created_at: datetime) -> int:
+def write_superseded(dst: Folder, run_id: str, created_at: datetime,
+                     shards: Shards | None = None) -> int:
     """Record which earlier-run rows this run's images replace, as one Parquet file of the
-    `superseded` table; deterministic, so a resumed run rewrites the same bytes."""
-    shards = committed_shards(dst)
+    `superseded` table; deterministic, so a resumed run rewrites the same bytes. `shards`:
+    the committed shards, when the caller has listed them already."""
+    shards = committed_shards(dst) if shards is None else shards
     earlier = [s for s in shards if s[0] < run_id]
     mine = [s for s in shards if s[0] == run_id]
     if not earlier or not mine:

@@ -52,19 +52,22 @@ def commit(run_id: str, shard_id: str) -> str:
 
 def parse_commit(key: str) -> tuple[str, str] | None:
     """(run id, shard id) of a commit marker's key; None for any other key."""
-    parts = key.split("/")
-    if (len(parts) == 5 and parts[0] == META and parts[1] == "runs" and parts[3] == "commits"
-            and parts[4].endswith(".json")):
+    parts = _run_key(key, 5)
+    if parts and parts[3] == "commits" and parts[4].endswith(".json"):
         return parts[2], parts[4][: -len(".json")]
     return None
 
 
 def parse_run_record(key: str) -> str | None:
     """The run id of a run record's key; None for any other key."""
+    parts = _run_key(key, 4)
+    return parts[2] if parts and parts[3] == "run.json" else None
+
+
+def _run_key(key: str, depth: int) -> list[str] | None:
+    """`key`'s parts when it lies `depth` parts deep under `_segpipe/runs/`."""
     parts = key.split("/")
-    if len(parts) == 4 and parts[0] == META and parts[1] == "runs" and parts[3] == "run.json":
-        return parts[2]
-    return None
+    return parts if len(parts) == depth and parts[:2] == [META, "runs"] else None
 
 
 def failed_dir(run_id: str) -> str:
@@ -104,13 +107,17 @@ def superseded_file(run_id: str) -> str:
 def run_prefixes(run_id: str) -> list[str]:
     """Every prefix holding a run's files: its metadata, table partitions and PNGs."""
     return [run_dir(run_id), *(table_partition(t, run_id) for t in RUN_TABLES),
-            f"panoptic/{run_id}", f"semantic/{run_id}"]
+            _png_dir("panoptic", run_id), _png_dir("semantic", run_id)]
+
+
+def _png_dir(kind: str, run_id: str) -> str:
+    return f"{kind}/{run_id}"
 
 
 def panoptic_png(run_id: str, image_id: int) -> str:
     """Partitioned by run, so a re-annotated image never overwrites an earlier run's PNG."""
-    return f"panoptic/{run_id}/{image_png_key(image_id)}"
+    return f"{_png_dir('panoptic', run_id)}/{image_png_key(image_id)}"
 
 
 def semantic_png(run_id: str, image_id: int) -> str:
-    return f"semantic/{run_id}/{image_png_key(image_id)}"
+    return f"{_png_dir('semantic', run_id)}/{image_png_key(image_id)}"

@@ -11,15 +11,17 @@ import json
 from typing import IO, Any
 
 from segpipe.destination import layout
-from segpipe.destination.committed import committed_shards
+from segpipe.destination.committed import Shards, committed_shards
 from segpipe.destination.incremental import is_superseded, superseded_by_later_runs
 from segpipe.io.storage import Folder
 
 
-def write_merged_panoptic(dst: Folder, *, info: dict[str, Any] | None = None) -> int:
+def write_merged_panoptic(dst: Folder, *, info: dict[str, Any] | None = None,
+                          shards: Shards | None = None) -> int:
     """Write DST/panoptic.json; returns the number of images in it. An image annotated
-    again by a later run (new content) appears once, from the latest run."""
-    shards = committed_shards(dst)
+    again by a later run (new content) appears once, from the latest run. `shards`: the
+    committed shards, when the caller has listed them already."""
+    shards = committed_shards(dst) if shards is None else list(shards)
     superseded = superseded_by_later_runs(dst, shards)
     categories: list[dict[str, Any]] = []
     if shards:

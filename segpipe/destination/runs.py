@@ -70,10 +70,7 @@ def check_settings(dst: Folder, config: JobConfig) -> None:
     diffs = setting_differences(stored, config.fingerprint()) if stored else []
     if not diffs:
         return
-    if any(True for _ in committed_shards(dst)):
-        raise DestinationMismatch(
-            f"{config.dst} holds outputs made with different settings ({', '.join(diffs)}). "
-            "Write to a new destination, or delete this one to start over.")
+    _refuse_if_committed(dst, config, diffs)
     log.warning("%s has no committed shard; its settings are replaced (%s)", config.dst,
                 ", ".join(diffs))
     for run_id in list_runs(dst):
@@ -84,21 +81,27 @@ def record_settings(dst: Folder, config: JobConfig, weights_sha256: str | None) 
     """Store the settings that guard `dst`, once the model has loaded and the plan is written.
 
     The weights' digest is known only now: the same model path can hold retrained weights,
-    and a resume with them would mix two models' outputs.
+    and a resume with them would mix two models' outputs. Called again as later workers load,
+    it writes only when there is something new to record.
     """
     wanted = {**config.fingerprint(), WEIGHTS_FIELD: weights_sha256}
     stored = stored_settings(dst)
     if stored is not None:
         diffs = setting_differences(stored, wanted)
-        if diffs and any(True for _ in committed_shards(dst)):
-            raise DestinationMismatch(
-                f"{config.dst} holds outputs made with different settings ({', '.join(diffs)}). "
-                "Write to a new destination, or delete this one to start over.")
-        if not diffs and stored.keys() >= wanted.keys() and stored.get(WEIGHTS_FIELD) is not None:
+        if diffs:
+            _refuse_if_committed(dst, config, diffs)
+        elif all(k in stored and (v is None or stored[k] == v) for k, v in wanted.items()):
             return
     blob = json.dumps(wanted, sort_keys=True).encode()
     dst.write_json(layout.JOB, {"fingerprint": wanted,
                                 "fingerprint_hash": hashlib.sha256(blob).hexdigest()[:16]})
+
+
+def _refuse_if_committed(dst: Folder, config: JobConfig, diffs: list[str]) -> None:
+    if committed_shards(dst):
+        raise DestinationMismatch(
+            f"{config.dst} holds outputs made with different settings ({', '.join(diffs)}). "
+            "Write to a new destination, or delete this one to start over.")
 
 
 def discard_run(dst: Folder, run_id: str) -> None:

@@ -39,22 +39,22 @@ _DONE = object()
 
 @dataclass
 class ShardStats:
-    images: int = 0
-    errors: int = 0
-    segments: int = 0
+    """Timings of one shard; its counts are the commit marker's."""
+
     batch_seconds: list[float] = field(default_factory=list)
     forward_seconds: float = 0.0
 
 
 class _Feed:
-    """An iterator run on a daemon thread, whose items are awaited with a timeout.
+    """An iterator run on a daemon thread, up to `depth` items ahead, whose items are awaited
+    with an optional timeout.
 
     Nothing ever waits for the thread: once abandoned, it ends at its next item, or never
     (a read stuck in the kernel), and keeps no one from finishing.
     """
 
-    def __init__(self, items: Iterator[Any], *, name: str) -> None:
-        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+    def __init__(self, items: Iterator[Any], *, name: str, depth: int = 1) -> None:
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
         self._abandoned = threading.Event()
         threading.Thread(target=self._run, args=(items,), name=name, daemon=True).start()
 
@@ -63,7 +63,7 @@ class _Feed:
             for item in items:
                 if not self._put(("item", item)):
                     return
-            self._put(("end", None))
+            self._put(("end", _DONE))
         except BaseException as exc:  # noqa: BLE001 - handed to the reader to raise
             self._put(("error", exc))
 
@@ -76,13 +76,12 @@ class _Feed:
                 continue
         return False
 
-    def next(self, timeout: float) -> Any:
-        """The next item; raises `queue.Empty` when none came within `timeout` seconds."""
+    def next(self, timeout: float | None = None) -> Any:
+        """The next item, or `_DONE` after the last; raises `queue.Empty` when none came
+        within `timeout` seconds, and what the iterator raised."""
         kind, value = self._queue.get(timeout=timeout)
         if kind == "error":
             raise value
-        if kind == "end":
-            raise RuntimeError("the source's fetch yielded fewer images than it was given")
         return value
 
     def abandon(self) -> None:
@@ -118,6 +117,8 @@ def fetch_within(source: Source, refs: list[ImageRef], *, threads: int,
                 except queue.Empty:
                     yield ref, read_timeout_failure(ref, timeout)
                     break
+                if item is _DONE:
+                    raise RuntimeError("the source's fetch yielded fewer images than it was given")
                 yield item
         finally:
             feed.abandon()
@@ -127,8 +128,6 @@ def prefetch_decoded(source: Source, shard: Shard, *, read_threads: int, max_pix
                      depth: int, read_timeout: float | None = None,
                      ) -> Iterator[DecodedImage | ImageFailure]:
     """Fetched and decoded images in plan order, produced up to `depth` ahead on a thread."""
-    buffer: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
 
     def fetched() -> Iterator[tuple[ImageRef, bytes | ImageFailure]]:
         """The source's fetch, with the refs whose names the plan withheld as failures, in
@@ -138,36 +137,18 @@ def prefetch_decoded(source: Source, shard: Shard, *, read_threads: int, max_pix
         for ref in shard.images:
             yield (ref, withheld_failure(ref)) if ref.locator == WITHHELD else next(readable)
 
-    def put(item: Any) -> bool:
-        """Hand `item` to the consumer; False once it has stopped."""
-        while not stop.is_set():
-            try:
-                buffer.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def decoded() -> Iterator[DecodedImage | ImageFailure]:
+        for ref, data in fetched():
+            yield data if isinstance(data, ImageFailure) else decode_image(
+                ref, data, max_pixels=max_pixels)
 
-    def produce() -> None:
-        try:
-            for ref, data in fetched():
-                item = data if isinstance(data, ImageFailure) else decode_image(
-                    ref, data, max_pixels=max_pixels)
-                if not put(item):
-                    return
-            put(_DONE)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer to raise
-            put(exc)
-
-    threading.Thread(target=produce, name=f"prefetch-{shard.shard_id}", daemon=True).start()
+    # Not joined: the producer ends at its next item, or when its read returns or times out.
+    feed = _Feed(decoded(), name=f"prefetch-{shard.shard_id}", depth=depth)
     try:
-        while (item := buffer.get()) is not _DONE:
-            if isinstance(item, BaseException):
-                raise item
+        while (item := feed.next()) is not _DONE:
             yield item
     finally:
-        # Not joined: the producer ends at its next put, or when its read returns or times out.
-        stop.set()
+        feed.abandon()
 
 
 def process_shard(
@@ -208,10 +189,8 @@ def process_shard(
             for out in outputs:
                 if isinstance(out, Prediction):
                     writer.add_prediction(out)
-                    stats.segments += len(out.segments)
                 else:
                     writer.add_failure(out)
-                    stats.errors += 1
 
         def submit(fn: Any, *args: Any) -> None:
             pending.append(finishing.submit(fn, *args))
@@ -232,7 +211,6 @@ def process_shard(
             for item in prefetch_decoded(source, shard, read_threads=read_threads,
                                          max_pixels=max_pixels, depth=2 * batch_size,
                                          read_timeout=read_timeout):
-                stats.images += 1
                 if isinstance(item, ImageFailure):
                     submit(write, [item])
                     continue

@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from segpipe.app.annotate import JobFailed, annotate
+from segpipe.app.status import job_status
 from segpipe.cli import main
 from segpipe.core.config import JobConfig
 from segpipe.io.storage import Folder
@@ -182,6 +183,9 @@ def test_a_shard_over_its_timeout_is_retried_on_a_new_worker_then_failed(tmp_pat
     # Every image of the other shards was annotated once; none of the failed one's.
     committed = sorted(r["image_uri"] for r in read_table(dst, "images"))
     assert committed == sorted(set(paths) - set(held))
+    # While no summary says it (a session killed after the pool), the failed marker does.
+    dst.delete("_segpipe/runs/00001/summary.json")
+    assert job_status(dst)["runs"][0]["failed_shards"] == [failed]
 
 
 def test_ordered_map_does_not_wait_for_a_call_that_never_returns():
