@@ -10,7 +10,7 @@ import segpipe
 PACKAGE = Path(segpipe.__file__).parent
 # Lowest first: a package may import only from those before it (and from itself).
 LAYERS = ("core", "io", "formats", "labels", "sources", "destination", "model", "pipeline",
-          "runtime", "tools", "app", "demo", "cli")
+          "runtime", "tools", "review", "train", "app", "demo", "cli")
 MAX_LINES = 400
 
 

@@ -11,6 +11,8 @@
     DST/_segpipe/runs/<run>/commits/<shard>.json     commit marker, written last
     DST/_segpipe/runs/<run>/failed/<shard>.json      a shard that ran out of attempts
     DST/_segpipe/runs/<run>/summary.json
+    DST/reviewed/panoptic.json              reviewers' corrected labels, one COCO-panoptic dataset
+    DST/reviewed/panoptic/<name>.png        their id maps
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from segpipe.core.identity import image_png_key
 META = "_segpipe"
 JOB = f"{META}/job.json"
 MERGED_PANOPTIC = "panoptic.json"
+# The corrected labels imported from review tools: a standard COCO-panoptic folder.
+REVIEWED_DIR = "reviewed"
+REVIEWED_PANOPTIC = f"{REVIEWED_DIR}/panoptic.json"
+REVIEWED_PNG_DIR = f"{REVIEWED_DIR}/panoptic"
 
 
 def run_dir(run_id: str) -> str:
