@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from benchmarks.postprocess import sync
-from segpipe.core.records import DecodedImage, ImageFailure, ImageRef, Prediction
+from segpipe.core.items import DecodedImage, ImageFailure, ImageRef, Prediction
 from segpipe.labels import bundled, match_label_set
 from segpipe.model import postprocess
 from segpipe.model.loading import DTYPES, LoadedModel

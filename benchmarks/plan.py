@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from segpipe.core.identity import image_id
-from segpipe.core.records import ImageRef
+from segpipe.core.items import ImageRef
 from segpipe.destination.plan import write_plan
 from segpipe.io.storage import Folder
 from segpipe.sources.base import Fetched, Skipped

@@ -9,10 +9,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from segpipe.core.config import DTYPES, TASKS, JobConfig
+from segpipe.core.config import (
+    DTYPES,
+    SOURCE_FORMATS,
+    TASK_THRESHOLDS,
+    TASKS,
+    JobConfig,
+    default_of,
+)
 from segpipe.formats.exports import EXPORT_FORMATS
-
-SOURCE_FORMATS = ("images", "webdataset", "parquet", "manifest")
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -27,6 +32,23 @@ def _json_object(text: str) -> dict[str, Any]:
 
 def add_job_options(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     """The annotate options; `segpipe run SPEC` reuses them as overrides (all optional)."""
+    _add_job_options(p, required=required)
+    # Help texts show JobConfig's defaults, never a copy of them.
+    for action in p._actions:
+        if action.help and "{default}" in action.help:
+            action.help = action.help.replace("{default}", _default_text(action.dest))
+        if action.help and "{task_default}" in action.help:
+            action.help = action.help.replace("{task_default}", str(TASK_THRESHOLDS["panoptic"]))
+
+
+def _default_text(name: str) -> str:
+    value = default_of(name)
+    if name == "max_image_bytes":
+        return f"{value} = {value // 2**20} MiB"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _add_job_options(p: argparse.ArgumentParser, *, required: bool) -> None:
     S = argparse.SUPPRESS
     if required:
         p.add_argument("src", help="images to annotate: a folder, prefix or glob, local or any "
@@ -45,43 +67,43 @@ def add_job_options(p: argparse.ArgumentParser, *, required: bool = True) -> Non
     g.add_argument("--label-map", default=S, help="JSON file of categories {id,name,isthing,color} "
                    "for models whose labels match no bundled set (COCO panoptic, ADE20K, Cityscapes)")
     g.add_argument("--threshold", type=float, default=S, help="minimum query score to keep a "
-                   "segment (default: 0.5, as transformers; the original Mask2Former papers "
+                   "segment (default: {task_default}, as transformers; the original Mask2Former papers "
                    "evaluate panoptic at 0.8)")
-    g.add_argument("--mask-threshold", type=float, default=S, help="mask probability threshold (0.5)")
+    g.add_argument("--mask-threshold", type=float, default=S, help="mask probability threshold ({default})")
     g.add_argument("--overlap-mask-area-threshold", type=float, default=S,
-                   help="drop a segment keeping less than this share of its mask (0.8)")
+                   help="drop a segment keeping less than this share of its mask ({default})")
     g.add_argument("--allow-pickle-weights", action="store_true", default=S,
                    help="also load non-safetensors weights (pickle; only for checkpoints you trust)")
     g = p.add_argument_group("execution")
-    g.add_argument("--batch-size", type=int, default=S, help="images per model batch (8)")
+    g.add_argument("--batch-size", type=int, default=S, help="images per model batch ({default})")
     g.add_argument("--shard-size", type=int, default=S,
-                   help="images per shard, the unit of work, retry and commit (256)")
+                   help="images per shard, the unit of work, retry and commit ({default})")
     g.add_argument("--num-workers", type=int, default=S, help="Ray actors to run (default: one "
                    "per GPU; on a cluster without GPUs, one per 8 CPUs)")
     g.add_argument("--gpus-per-worker", type=float, default=S,
-                   help="GPUs each worker declares, fractions allowed; 0: workers run on the CPU (1)")
+                   help="GPUs each worker declares, fractions allowed; 0: workers run on the CPU ({default})")
     g.add_argument("--cpus-per-worker", type=float, default=S,
-                   help="CPUs each worker declares; 0: Ray reserves none (1)")
+                   help="CPUs each worker declares; 0: Ray reserves none ({default})")
     g.add_argument("--max-attempts", type=int, default=S,
-                   help="attempts per shard before it is recorded as failed (3)")
+                   help="attempts per shard before it is recorded as failed ({default})")
     g.add_argument("--max-error-rate", type=float, default=S, help="fail the job when more than "
-                   "this share of images end in the errors table (1.0: never)")
+                   "this share of images end in the errors table ({default}: never)")
     g.add_argument("--address", default=S, help="Ray cluster to join (default: RAY_ADDRESS, else a "
                    "local Ray)")
     g.add_argument("--read-threads", type=int, default=S,
-                   help="concurrent object reads per worker (8)")
+                   help="concurrent object reads per worker ({default})")
     g.add_argument("--read-timeout", type=float, default=S, help="seconds one image's read may "
-                   "take; a read that outlasts it is an errors row (300)")
+                   "take; a read that outlasts it is an errors row ({default})")
     g.add_argument("--shard-timeout", type=float, default=S, help="seconds a shard may take on "
                    "its worker before the worker is replaced and the shard retried (default: no "
                    "limit, since a healthy shard's time depends on its size, model and hardware)")
     g.add_argument("--node-wait", type=float, default=S, help="seconds to wait, when no node "
-                   "can host any worker (a lost GPU node), for one to join before failing (600)")
+                   "can host any worker (a lost GPU node), for one to join before failing ({default})")
     g.add_argument("--max-image-pixels", type=int, default=S,
-                   help="decompression-bomb limit: larger images become errors (89478485)")
+                   help="decompression-bomb limit: larger images become errors ({default})")
     g.add_argument("--max-image-bytes", type=int, default=S,
                    help="largest image file read; a bigger one becomes an errors row without "
-                   "being read whole (268435456, 256 MiB)")
+                   "being read whole ({default})")
     g.add_argument("--incremental", action="store_true", default=S,
                    help="annotate only images not yet annotated at DST, as a new run")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=S,
@@ -243,11 +265,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from segpipe.app.status import format_runs, run_records
+    from segpipe.app.status import format_runs, run_rows
     from segpipe.io.storage import Folder
 
-    records = run_records(Folder(args.dst, args.storage_options or {}))
-    print(json.dumps(records, indent=2) if args.json else format_runs(records))
+    rows = run_rows(Folder(args.dst, args.storage_options or {}))
+    print(json.dumps(rows, indent=2) if args.json else format_runs(rows))
     return 0
 
 
@@ -313,11 +335,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI's one place that turns errors into messages
+        from segpipe.core.errors import SegpipeError
         from segpipe.io.storage import describe_error, redact
 
-        if args.verbose:
+        # segpipe's own errors are messages that say what to fix; anything else is unexpected
+        # (bad input a check missed, or a defect) and keeps its traceback under -v.
+        expected = isinstance(exc, (SegpipeError, ValueError, OSError))
+        if args.verbose and not isinstance(exc, SegpipeError):
             raise
         print(f"segpipe {args.command}: error: {redact(describe_error(exc))}", file=sys.stderr)
+        if not expected:
+            print("(an unexpected error: run again with -v for its traceback)", file=sys.stderr)
         return 1
 
 

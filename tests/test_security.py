@@ -30,7 +30,7 @@ from segpipe.app.annotate import annotate
 from segpipe.cli import build_parser, config_from_args
 from segpipe.core.config import JobConfig
 from segpipe.core.identity import image_png_key
-from segpipe.core.records import ImageFailure
+from segpipe.core.items import ImageFailure
 from segpipe.destination import layout
 from segpipe.io.storage import Folder, UnsafeKeyError, check_key, filesystem
 from segpipe.model.loading import ModelLoadError, load_model

@@ -12,7 +12,8 @@ from typing import Any
 
 from segpipe.app.progress import Progress
 from segpipe.core.config import JobConfig
-from segpipe.core.records import CommitMarker, ShardResult
+from segpipe.core.errors import SegpipeError
+from segpipe.core.items import CommitMarker, ShardResult
 from segpipe.destination import layout
 from segpipe.destination.committed import committed_shards
 from segpipe.destination.incremental import write_superseded
@@ -25,16 +26,15 @@ from segpipe.destination.runs import (
     record_settings,
 )
 from segpipe.io.storage import Folder
-from segpipe.model.segmenter import Segmenter
 from segpipe.runtime.cluster import cpu_threads_per_worker, default_num_workers, init_ray
 from segpipe.runtime.pool import PoolResult, ShardPool
 from segpipe.runtime.worker import WorkerSpec, peak_rss_mb
-from segpipe.sources import open_source
+from segpipe.sources import source_from_config
 
 log = logging.getLogger(__name__)
 
 
-class JobFailed(RuntimeError):
+class JobFailed(SegpipeError, RuntimeError):
     """The job ran but did not fully succeed; the summary at DST says what failed."""
 
 
@@ -42,12 +42,7 @@ def annotate(config: JobConfig) -> dict[str, Any]:
     """Run the job to the end; returns the run summary (also written to DST)."""
     started = time.time()
     dst = Folder(config.dst, config.storage_options)
-    source = open_source(config.src, source_format=config.source_format,
-                         storage_options=config.storage_options, image_column=config.image_column,
-                         uri_column=config.uri_column, id_column=config.id_column,
-                         max_image_bytes=config.max_image_bytes,
-                         allow_uri_schemes=config.uri_schemes,
-                         allow_private_hosts=config.allow_private_hosts)
+    source = source_from_config(config)
     check_settings(dst, config)
     state = prepare_run(dst, config, source)
     run_id = state.run.run_id
@@ -61,19 +56,10 @@ def annotate(config: JobConfig) -> dict[str, Any]:
 
     init_ray(config.address)
     num_workers = config.num_workers or default_num_workers(config.gpus_per_worker)
-    segmenter = Segmenter(
-        config.model, task=config.task, revision=config.revision, dtype=config.dtype,
-        device=config.device, label_map=config.label_map, threshold=config.threshold,
-        mask_threshold=config.mask_threshold,
-        overlap_mask_area_threshold=config.overlap_mask_area_threshold,
-        allow_pickle_weights=config.allow_pickle_weights, storage_options=config.storage_options)
-    spec = WorkerSpec(source, segmenter, dst, state.run, config.batch_size, config.read_threads,
-                      config.max_image_pixels,
-                      torch_threads=cpu_threads_per_worker(num_workers, config.gpus_per_worker),
-                      read_timeout=config.read_timeout, fault=_fault_shard())
-    pool = ShardPool(spec, num_workers=num_workers, gpus_per_worker=config.gpus_per_worker,
-                     cpus_per_worker=config.cpus_per_worker, max_attempts=config.max_attempts,
-                     shard_timeout=config.shard_timeout, node_wait=config.node_wait)
+    spec = WorkerSpec.from_config(
+        config, source=source, dst=dst, run=state.run, fault=_fault_shard(),
+        torch_threads=cpu_threads_per_worker(num_workers, config.gpus_per_worker))
+    pool = ShardPool.from_config(spec, config, num_workers=num_workers)
     done_images = sum(m.images for m in committed_before.values())
     progress = Progress(total=state.plan.num_images, initial=done_images,
                         enabled=config.progress, stream=sys.stderr)

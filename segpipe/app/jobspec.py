@@ -43,6 +43,7 @@ from typing import Any, Union
 import yaml
 
 from segpipe.core.config import JobConfig
+from segpipe.core.errors import SegpipeError
 from segpipe.formats.exports import EXPORT_FORMATS
 
 log = logging.getLogger(__name__)
@@ -59,11 +60,11 @@ _BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True,
                "false": False, "no": False, "off": False, "0": False}
 
 
-class SpecError(ValueError):
+class SpecError(SegpipeError, ValueError):
     """A job spec that can't run as written; the message names the file and the field."""
 
 
-class StepFailed(RuntimeError):
+class StepFailed(SegpipeError, RuntimeError):
     """A step of a spec failed; the message names the spec and the step."""
 
 

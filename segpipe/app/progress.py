@@ -8,7 +8,7 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
-from segpipe.core.records import CommitMarker
+from segpipe.core.items import CommitMarker
 
 log = logging.getLogger("segpipe.app.progress")
 

@@ -55,14 +55,14 @@ def format_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_records(dst: Folder) -> list[dict[str, Any]]:
-    """One record per run: when, how many images and errors, which model, how long."""
-    records = []
+def run_rows(dst: Folder) -> list[dict[str, Any]]:
+    """One row per run: when, how many images and errors, which model, how long."""
+    rows = []
     for run in job_status(dst)["runs"]:
         run_id = run["run_id"]
         started = dst.read_json(layout.run_record(run_id))
         summary = run["last_summary"] or {}
-        records.append({
+        rows.append({
             "run_id": run_id, "started_at": started["started_at"],
             "finished_at": summary.get("finished_at"), "status": summary.get("status", "running"),
             "incremental": started.get("incremental", False),
@@ -71,13 +71,13 @@ def run_records(dst: Folder) -> list[dict[str, Any]]:
             "model": started["config"].get("model"), "task": started["config"].get("task"),
             "duration_s": summary.get("duration_s"),
         })
-    return records
+    return rows
 
 
-def format_runs(records: list[dict[str, Any]]) -> str:
+def format_runs(rows: list[dict[str, Any]]) -> str:
     header = f"{'run':<7} {'started (UTC)':<26} {'status':<11} {'images':>7} {'errors':>7} {'seconds':>8}  model"
     lines = [header]
-    for r in records:
+    for r in rows:
         seconds = "-" if r["duration_s"] is None else f"{r['duration_s']:.1f}"
         errors = "-" if r["errors"] is None else str(r["errors"])
         lines.append(f"{r['run_id']:<7} {r['started_at'][:26]:<26} {r['status']:<11} "

@@ -1,1 +1,1 @@
-"""The job's config, the records that flow through the pipeline, and identity."""
+"""The job's config, the items that flow through the pipeline, identity, and the error base."""

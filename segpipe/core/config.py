@@ -10,6 +10,10 @@ from typing import Any
 
 TASKS = ("panoptic", "instance", "semantic")
 DTYPES = ("fp32", "bf16", "fp16")
+SOURCE_FORMATS = ("images", "webdataset", "parquet", "manifest")
+# The minimum query score per task when --threshold is not given: transformers' own defaults
+# for post_process_{panoptic,instance}_segmentation (semantic keeps every query).
+TASK_THRESHOLDS = {"panoptic": 0.5, "instance": 0.5, "semantic": 0.0}
 
 # Fields that change what the outputs contain; a destination refuses a run that differs.
 FINGERPRINT_FIELDS = (
@@ -119,6 +123,9 @@ class JobConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.source_format is not None and self.source_format not in SOURCE_FORMATS:
+            raise ValueError(f"--source-format must be one of {', '.join(SOURCE_FORMATS)}, "
+                             f"not {self.source_format!r}")
         if self.task not in TASKS:
             raise ValueError(f"--task must be one of {', '.join(TASKS)}, not {self.task!r}")
         if self.dtype not in DTYPES:
@@ -136,6 +143,11 @@ class JobConfig:
 
     def fingerprint(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in FINGERPRINT_FIELDS}
+
+    @property
+    def score_threshold(self) -> float:
+        """The minimum query score: --threshold, else the task's default."""
+        return self.threshold if self.threshold is not None else TASK_THRESHOLDS[self.task]
 
     def replace(self, **changes: Any) -> JobConfig:
         return dataclasses.replace(self, **changes)
@@ -155,3 +167,15 @@ class JobConfig:
         if public:
             out["storage_options"] = sorted(self.storage_options)
         return out
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(JobConfig)}
+
+
+def default_of(name: str) -> Any:
+    """JobConfig's default for field `name`. Stages that take the value as a keyword argument
+    default to this, so each default is written once, here."""
+    f = _FIELDS[name]
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    raise KeyError(f"JobConfig.{name} has no plain default")

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from segpipe.core.errors import SegpipeError
 from segpipe.destination import layout
 from segpipe.formats import tables
 from segpipe.io.storage import Folder
@@ -21,7 +22,7 @@ RUN_PARTITION = pa.field("run", pa.string())
 Shards = Sequence[tuple[str, str]]
 
 
-class NothingCommitted(ValueError):
+class NothingCommitted(SegpipeError, ValueError):
     """A destination without a committed shard: a wrong URL, or a job that has not
     committed anything yet."""
 

@@ -14,7 +14,7 @@ from datetime import datetime
 import numpy as np
 import pyarrow as pa
 
-from segpipe.core.records import ImageRef
+from segpipe.core.items import ImageRef
 from segpipe.destination import layout
 from segpipe.destination.committed import Shards, committed_shards, table_dataset
 from segpipe.formats import tables

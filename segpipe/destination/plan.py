@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from segpipe.core.identity import shard_id
-from segpipe.core.records import ImageRef, Shard
+from segpipe.core.items import ImageRef, Shard
 from segpipe.destination import layout
 from segpipe.io.storage import Folder, redact
 from segpipe.sources import EmptySourceError, Source

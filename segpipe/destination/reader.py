@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from segpipe.core.records import ImageRef
+from segpipe.core.items import ImageRef
 from segpipe.destination import layout
 from segpipe.destination.committed import (
     RUN_PARTITION,
@@ -38,7 +38,7 @@ from segpipe.labels import Category, load_categories
 
 
 @dataclass(frozen=True, slots=True)
-class SegmentRecord:
+class SegmentRow:
     """One row of the segments table, the columns a reader needs."""
 
     segment_id: int
@@ -66,7 +66,7 @@ class AnnotatedImage:
     semantic_png: str | None
     model: str | None
     model_revision: str | None
-    segments: tuple[SegmentRecord, ...]
+    segments: tuple[SegmentRow, ...]
 
     @property
     def ref(self) -> ImageRef:
@@ -74,7 +74,7 @@ class AnnotatedImage:
 
 
 __all__ = [
-    "RUN_PARTITION", "AnnotatedImage", "NothingCommitted", "SegmentRecord", "Shards", "categories",
+    "RUN_PARTITION", "AnnotatedImage", "NothingCommitted", "SegmentRow", "Shards", "categories",
     "committed_shards", "iter_images", "job_settings", "open_destination", "read_id_map",
     "read_semantic", "require_committed", "run_config", "table_dataset", "table_files",
 ]
@@ -117,7 +117,7 @@ def iter_images(dst: Folder, *, shards: Shards | None = None, segments: bool = T
                 if r["status"] == "ok" and not is_superseded(superseded, run_id, r["image_id"])]
         if not rows:
             continue
-        by_image: dict[int, list[SegmentRecord]] = defaultdict(list)
+        by_image: dict[int, list[SegmentRow]] = defaultdict(list)
         models: dict[int, tuple[str | None, str | None]] = {}
         if segments:
             columns = [name for name in tables.SEGMENTS.names if rle or name != "rle"]
@@ -157,10 +157,10 @@ def _read_table(dst: Folder, key: str, columns: list[str] | None = None) -> pa.T
     return pq.read_table(io.BytesIO(dst.read_bytes(key)), columns=columns)
 
 
-def _segment(row: dict[str, Any]) -> SegmentRecord:
+def _segment(row: dict[str, Any]) -> SegmentRow:
     # Scores are float32 in the table; six digits is what the writer kept.
     score = None if row["score"] is None else round(row["score"], 6)
-    return SegmentRecord(row["segment_id"], row["category_id"], row["category_name"],
+    return SegmentRow(row["segment_id"], row["category_id"], row["category_name"],
                          row["is_thing"], score, row["area"], list(row["bbox"]), row.get("rle"))
 
 

@@ -16,7 +16,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from segpipe.core.config import JobConfig
-from segpipe.core.records import RunContext
+from segpipe.core.errors import SegpipeError
+from segpipe.core.items import RunContext
 from segpipe.destination import layout
 from segpipe.destination.committed import committed_shards
 from segpipe.destination.incremental import seen_filter
@@ -31,7 +32,7 @@ def list_runs(dst: Folder) -> list[str]:
     return sorted({run for key in dst.list(f"{layout.META}/runs") if (run := layout.parse_run_record(key))})
 
 
-class DestinationMismatch(RuntimeError):
+class DestinationMismatch(SegpipeError, RuntimeError):
     """The destination holds committed work made with other settings or from another source."""
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from segpipe.core.records import CommitMarker, ImageFailure, Prediction, RunContext, Shard
+from segpipe.core.items import CommitMarker, ImageFailure, Prediction, RunContext, Shard
 from segpipe.destination import layout
 from segpipe.formats import coco, tables
 from segpipe.io.storage import Folder, ParallelWrites, redact, redact_uri

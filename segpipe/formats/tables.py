@@ -48,7 +48,9 @@ IMAGES = pa.schema(
         ("shard_id", pa.string()),
         ("image_id", pa.int64()),
         ("image_uri", pa.string()),
-        ("member", pa.string()),  # tar member key or Parquet row; null for plain files
+        # Where in the container at image_uri: tar member key, "row=N" (or the --id-column
+        # value) of a Parquet table, "line=N" of a manifest entry; null for a plain file.
+        ("member", pa.string()),
         ("source_version", pa.string()),  # ETag or size+mtime seen when planned
         ("width", pa.int32()),
         ("height", pa.int32()),
@@ -69,7 +71,9 @@ ERRORS = pa.schema(
         ("shard_id", pa.string()),
         ("image_id", pa.int64()),
         ("image_uri", pa.string()),
-        ("member", pa.string()),  # tar member key or Parquet row; null for plain files
+        # Where in the container at image_uri: tar member key, "row=N" (or the --id-column
+        # value) of a Parquet table, "line=N" of a manifest entry; null for a plain file.
+        ("member", pa.string()),
         ("stage", pa.string()),  # read | decode | inference
         ("error_type", pa.string()),
         ("message", pa.string()),

@@ -23,12 +23,14 @@ from typing import IO, Any, TypeVar
 import fsspec
 from fsspec.core import split_protocol, strip_protocol
 
+from segpipe.core.errors import SegpipeError
+
 T = TypeVar("T")
 
 _SAFE_KEY_PART = re.compile(r"^[A-Za-z0-9._=+-]+$")
 
 
-class UnsafeKeyError(ValueError):
+class UnsafeKeyError(SegpipeError, ValueError):
     """A key that would escape its folder or is not a plain relative key."""
 
 

@@ -18,6 +18,7 @@ from typing import Any, cast
 import torch
 from fsspec.core import split_protocol
 
+from segpipe.core.errors import SegpipeError
 from segpipe.io.storage import filesystem, redact_uri
 from segpipe.labels import LabelSet, match_label_set
 
@@ -43,7 +44,7 @@ BUILTIN_PREFIX = "builtin:"
 LABELS_FILE = "labels.json"  # segpipe's category file beside a checkpoint, when it has one
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(SegpipeError, RuntimeError):
     """The model could not be found or loaded; the message names it."""
 
 

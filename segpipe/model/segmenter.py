@@ -15,14 +15,12 @@ from typing import Any
 
 import torch
 
-from segpipe.core.records import DecodedImage, ImageFailure, Prediction
+from segpipe.core.config import TASK_THRESHOLDS, JobConfig, default_of
+from segpipe.core.items import DecodedImage, ImageFailure, Prediction
 from segpipe.io.storage import redact
 from segpipe.model import postprocess
 from segpipe.model.loading import LoadedModel, load_model
 from segpipe.model.postprocess import SegmentationResult
-
-# transformers' own defaults for post_process_{panoptic,instance}_segmentation.
-DEFAULT_THRESHOLDS = {"panoptic": 0.5, "instance": 0.5, "semantic": 0.0}
 
 
 @dataclass
@@ -49,17 +47,26 @@ class Segmenter:
     """Loads its model in `setup()` on the worker, never at construction, so it pickles cheaply."""
 
     model: str
-    task: str = "panoptic"
+    task: str = default_of("task")
     revision: str | None = None
-    dtype: str = "fp32"
+    dtype: str = default_of("dtype")
     device: str | None = None
     label_map: str | None = None
-    threshold: float | None = None
-    mask_threshold: float = 0.5
-    overlap_mask_area_threshold: float = 0.8
+    threshold: float | None = None  # None: the task's default (config.TASK_THRESHOLDS)
+    mask_threshold: float = default_of("mask_threshold")
+    overlap_mask_area_threshold: float = default_of("overlap_mask_area_threshold")
     allow_pickle_weights: bool = False
     storage_options: dict[str, Any] = field(default_factory=dict)
     loaded: LoadedModel | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_config(cls, config: JobConfig) -> Segmenter:
+        return cls(config.model, task=config.task, revision=config.revision, dtype=config.dtype,
+                   device=config.device, label_map=config.label_map, threshold=config.threshold,
+                   mask_threshold=config.mask_threshold,
+                   overlap_mask_area_threshold=config.overlap_mask_area_threshold,
+                   allow_pickle_weights=config.allow_pickle_weights,
+                   storage_options=config.storage_options)
 
     def setup(self) -> LoadedModel:
         if self.loaded is None:
@@ -163,7 +170,7 @@ class Segmenter:
                         mask_logits: torch.Tensor, sizes: list[tuple[int, int]],
                         ) -> list[SegmentationResult]:
         """The task's post-processing of a batch's logits, on the model's device."""
-        threshold = self.threshold if self.threshold is not None else DEFAULT_THRESHOLDS[self.task]
+        threshold = self.threshold if self.threshold is not None else TASK_THRESHOLDS[self.task]
         if self.task == "semantic":
             return postprocess.post_process_semantic(
                 class_logits, mask_logits, sizes, family=loaded.family)

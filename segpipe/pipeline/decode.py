@@ -9,8 +9,9 @@ from functools import cache
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from segpipe.core.errors import SegpipeError
 from segpipe.core.identity import content_hash
-from segpipe.core.records import DecodedImage, ImageFailure, ImageRef
+from segpipe.core.items import DecodedImage, ImageFailure, ImageRef
 
 # The formats a data lake holds photos in. Pillow can open many more, some through
 # external programs (EPS runs Ghostscript) or rarely exercised parsers; none of those
@@ -18,7 +19,7 @@ from segpipe.core.records import DecodedImage, ImageFailure, ImageRef
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "PPM", "AVIF")
 
 
-class DecodeError(ValueError):
+class DecodeError(SegpipeError, ValueError):
     pass
 
 

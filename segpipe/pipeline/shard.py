@@ -18,7 +18,8 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from segpipe.core.records import (
+from segpipe.core.config import default_of
+from segpipe.core.items import (
     DecodedImage,
     ImageFailure,
     ImageRef,
@@ -160,8 +161,8 @@ def process_shard(
     run: RunContext,
     batch_size: int,
     attempt: int = 1,
-    read_threads: int = 8,
-    max_pixels: int = 89_478_485,
+    read_threads: int = default_of("read_threads"),
+    max_pixels: int = default_of("max_image_pixels"),
     read_timeout: float | None = None,
     model_lock: AbstractContextManager[Any] | None = None,
 ) -> ShardResult:

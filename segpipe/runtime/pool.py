@@ -20,7 +20,9 @@ import ray
 from ray.actor import ActorClass
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from segpipe.core.records import ShardResult
+from segpipe.core.config import JobConfig, default_of
+from segpipe.core.errors import SegpipeError
+from segpipe.core.items import ShardResult
 from segpipe.io.storage import redact
 from segpipe.runtime.cluster import cluster_resources
 from segpipe.runtime.worker import ShardWorker, WorkerSpec
@@ -45,7 +47,7 @@ class PoolResult:
     workers_replaced: int = 0
 
 
-class NoNodeAvailable(RuntimeError):
+class NoNodeAvailable(SegpipeError, RuntimeError):
     """No node can host a worker, and none joined within --node-wait."""
 
 
@@ -74,7 +76,7 @@ class ShardPool:
 
     def __init__(self, spec: WorkerSpec, *, num_workers: int, gpus_per_worker: float,
                  cpus_per_worker: float, max_attempts: int, shard_timeout: float | None = None,
-                 node_wait: float = 600.0) -> None:
+                 node_wait: float = default_of("node_wait")) -> None:
         _, gpus = cluster_resources()
         self.spec = spec
         self.num_workers = num_workers
@@ -84,6 +86,12 @@ class ShardPool:
         self.max_attempts = max_attempts
         self.shard_timeout = shard_timeout
         self.node_wait = node_wait
+
+    @classmethod
+    def from_config(cls, spec: WorkerSpec, config: JobConfig, *, num_workers: int) -> ShardPool:
+        return cls(spec, num_workers=num_workers, gpus_per_worker=config.gpus_per_worker,
+                   cpus_per_worker=config.cpus_per_worker, max_attempts=config.max_attempts,
+                   shard_timeout=config.shard_timeout, node_wait=config.node_wait)
 
     def start_worker(self) -> _Slot:
         actor = _WORKER_CLASS.options(**self.options).remote(self.spec)

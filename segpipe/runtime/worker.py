@@ -11,7 +11,8 @@ from typing import Any
 
 import ray
 
-from segpipe.core.records import RunContext, ShardResult
+from segpipe.core.config import JobConfig
+from segpipe.core.items import RunContext, ShardResult
 from segpipe.destination.plan import load_shard
 from segpipe.io.storage import Folder
 from segpipe.model.segmenter import Segmenter
@@ -32,6 +33,13 @@ class WorkerSpec:
     torch_threads: int | None = None
     read_timeout: float | None = None  # seconds per image read; None: no limit
     fault: str | None = None  # test hook: a shard id that always fails, named in SEGPIPE_FAULT_SHARD
+
+    @classmethod
+    def from_config(cls, config: JobConfig, *, source: Source, dst: Folder, run: RunContext,
+                    torch_threads: int | None, fault: str | None = None) -> WorkerSpec:
+        return cls(source, Segmenter.from_config(config), dst, run, config.batch_size,
+                   config.read_threads, config.max_image_pixels, torch_threads=torch_threads,
+                   read_timeout=config.read_timeout, fault=fault)
 
 
 @ray.remote(max_restarts=0)
@@ -71,7 +79,7 @@ class ShardWorker:
             max_pixels=spec.max_pixels, read_timeout=spec.read_timeout,
             model_lock=self.model_lock,
         )
-        self.metrics.record(result)
+        self.metrics.observe(result)
         return dataclasses.replace(result, pid=os.getpid(), peak_rss_mb=peak_rss_mb())
 
 
@@ -96,7 +104,7 @@ class WorkerMetrics:
             "segpipe_batch_seconds", "Model batch latency (preprocess and forward; post-processing overlaps the next batch).",
             boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60])
 
-    def record(self, result: ShardResult) -> None:
+    def observe(self, result: ShardResult) -> None:
         marker = result.marker
         for counter, value in ((self.images, marker.images), (self.segments, marker.segments),
                                (self.errors, marker.errors), (self.shards, 1)):

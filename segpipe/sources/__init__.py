@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from itertools import islice
 from typing import Any, TypedDict
 
+from segpipe.core.config import SOURCE_FORMATS, JobConfig
 from segpipe.io.storage import redact
 from segpipe.sources.base import (
     DEFAULT_MAX_IMAGE_BYTES,
@@ -43,7 +44,7 @@ __all__ = [
     "TarShards", "detect_format", "open_source",
 ]
 
-SOURCE_FORMATS = ("images", "webdataset", "parquet", "manifest")
+
 
 
 def detect_format(url: str, storage_options: dict[str, Any] | None = None) -> str:
@@ -71,6 +72,16 @@ class _UriReach(TypedDict):
     max_image_bytes: int
     allow_uri_schemes: tuple[str, ...]
     allow_private_hosts: bool
+
+
+def source_from_config(config: JobConfig) -> Source:
+    """The job's source, as `config` describes it."""
+    return open_source(config.src, source_format=config.source_format,
+                       storage_options=config.storage_options, image_column=config.image_column,
+                       uri_column=config.uri_column, id_column=config.id_column,
+                       max_image_bytes=config.max_image_bytes,
+                       allow_uri_schemes=config.uri_schemes,
+                       allow_private_hosts=config.allow_private_hosts)
 
 
 def open_source(url: str, *, source_format: str | None = None,

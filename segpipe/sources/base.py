@@ -13,8 +13,10 @@ from typing import Any, Protocol, TypeVar
 from fsspec.core import split_protocol
 
 from segpipe.core.concurrency import ordered_map
+from segpipe.core.config import default_of
+from segpipe.core.errors import SegpipeError
 from segpipe.core.identity import image_id
-from segpipe.core.records import ImageFailure, ImageRef
+from segpipe.core.items import ImageFailure, ImageRef
 from segpipe.io.storage import is_transient, redact, with_retries
 
 T = TypeVar("T")
@@ -47,7 +49,7 @@ SKIP_REASONS = {
     SKIP_NOT_REGULAR: "not a regular file (a FIFO, socket, device or dangling link)",
     SKIP_FOLDER_SEEN: "a folder reached again through a symlink",
     SKIP_UNLISTABLE: "a folder that could not be listed (permission denied)",
-    SKIP_NO_URI: "a record without a URI",
+    SKIP_NO_URI: "an entry without a URI",
     SKIP_REPEAT: "an image listed again",
     SKIP_INSIDE_DST: "a file under the destination (segpipe's own outputs)",
     SKIP_SEEN: "an image already annotated at the destination (incremental)",
@@ -58,10 +60,10 @@ Skipped = Counter[str]
 
 # What one image may weigh by default: a bigger object named like an image is an errors row
 # rather than gigabytes read into a worker's memory.
-DEFAULT_MAX_IMAGE_BYTES = 256 * 2**20
+DEFAULT_MAX_IMAGE_BYTES: int = default_of("max_image_bytes")
 
 
-class ImageTooLarge(ValueError):
+class ImageTooLarge(SegpipeError, ValueError):
     """An image over the byte limit: refused, never read whole."""
 
 
@@ -79,11 +81,11 @@ def describe_skipped(skipped: dict[str, int]) -> str:
     return f"{total} key{'' if total == 1 else 's'}" + (f": {parts}" if parts else "")
 
 
-class EmptySourceError(ValueError):
+class EmptySourceError(SegpipeError, ValueError):
     """A source with nothing to annotate: a wrong URL, more often than not."""
 
 
-class SourceConfigError(ValueError):
+class SourceConfigError(SegpipeError, ValueError):
     """The source does not fit its options (no image column, an id column repeating
     values): planning stops, since every image would fail the same way."""
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from segpipe.core.identity import image_id
-from segpipe.core.records import ImageRef
+from segpipe.core.items import ImageRef
 from segpipe.sources.base import DEFAULT_MAX_IMAGE_BYTES, SKIP_EXTENSION, Fetched, Skipped
 from segpipe.sources.listing import expand_urls, list_files
 from segpipe.sources.uris import fetch_uris

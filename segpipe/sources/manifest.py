@@ -11,14 +11,14 @@ URIs may use the protocols that the manifest's `UriPolicy` allows (see `policy`)
 ones resolve against the manifest's folder. Each image is identified by its URI, and an
 image listed twice is planned once (the plan drops repeats).
 
-A record that cannot be read (not UTF-8, a CSV field over the csv module's limit) is
-planned as a placeholder named by the manifest and the line the record starts on, and the
+An entry that cannot be read (not UTF-8, a CSV field over the csv module's limit) is
+planned as a placeholder named by the manifest and the line the entry starts on, and the
 worker makes it an errors row saying why: the rest of the manifest is planned as usual.
 
-A signed URI (a presigned URL) is planned redacted, located by the bytes of its record
-(see `redacted`): a worker re-reads the records of its shard, with one ranged read for
-records close together, which a shard's are. A placeholder is located the same way, and
-its reason found again in its record's bytes.
+A signed URI (a presigned URL) is planned redacted, located by the bytes of its entry
+(see `redacted`): a worker re-reads the entries of its shard, with one ranged read for
+entries close together, which a shard's are. A placeholder is located the same way, and
+its reason found again in its entry's bytes.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, NamedTuple
 
+from segpipe.core.errors import SegpipeError
 from segpipe.core.identity import image_id
-from segpipe.core.records import ImageRef
+from segpipe.core.items import ImageRef
 from segpipe.io.storage import filesystem, redact, with_retries
 from segpipe.sources.base import (
     DEFAULT_MAX_IMAGE_BYTES,
@@ -52,18 +53,18 @@ from segpipe.sources.uris import fetch_uris, folder_of, resolve_uri
 TEXT_SUFFIXES = (".txt", ".lst")
 CSV_DELIMITERS = {".csv": ",", ".tsv": "\t"}
 MANIFEST_SUFFIXES = TEXT_SUFFIXES + tuple(CSV_DELIMITERS)
-# The errors a record's own bytes can cause: anything else is about the whole file.
+# The errors an entry's own bytes can cause: anything else is about the whole file.
 RECORD_ERRORS = (csv.Error, UnicodeDecodeError)
 
 log = logging.getLogger(__name__)
 
 
-class UnreadableRecord(ValueError):
-    """A manifest record that could not be parsed; it names no image to read."""
+class UnreadableEntry(SegpipeError, ValueError):
+    """A manifest entry that could not be parsed; it names no image to read."""
 
 
-class Record(NamedTuple):
-    """One record of a manifest: its URI and fields, or the error that left them unknown."""
+class Entry(NamedTuple):
+    """One entry of a manifest: its URI and fields, or the error that left them unknown."""
 
     span: Span
     line: int  # the line it starts on, from 1
@@ -100,24 +101,24 @@ class Manifest:
         with fs.open(path, "rb") as f:
             lines = Lines(f)
             delimiter = self.delimiter
-            records = (self._csv_records(lines, delimiter, skipped) if delimiter
-                       else self._text_records(lines))
-            for record in records:
-                if record.error is not None:
-                    yield self._placeholder(uri_of(self.url, path), record)
+            entries = (self._csv_entries(lines, delimiter, skipped) if delimiter
+                       else self._text_entries(lines))
+            for entry in entries:
+                if entry.error is not None:
+                    yield self._placeholder(uri_of(self.url, path), entry)
                 else:
-                    yield uri_ref(resolve_uri(folder, record.text), record.fields,
-                                  record.span.__str__)
+                    yield uri_ref(resolve_uri(folder, entry.text), entry.fields,
+                                  entry.span.__str__)
 
-    def _placeholder(self, uri: str, record: Record) -> ImageRef:
-        """The ref that stands for a record that could not be read: an errors row later."""
-        log.warning("%s, line %d: %s; it becomes an errors row", redact(self.url), record.line,
-                    redact(f"{type(record.error).__name__}: {record.error}"))
-        member = f"line={record.line}"
-        return ImageRef(image_id(uri, member), uri, member, locator=str(record.span))
+    def _placeholder(self, uri: str, entry: Entry) -> ImageRef:
+        """The ref that stands for an entry that could not be read: an errors row later."""
+        log.warning("%s, line %d: %s; it becomes an errors row", redact(self.url), entry.line,
+                    redact(f"{type(entry.error).__name__}: {entry.error}"))
+        member = f"line={entry.line}"
+        return ImageRef(image_id(uri, member), uri, member, locator=str(entry.span))
 
     @staticmethod
-    def _text_records(lines: Lines) -> Iterator[Record]:
+    def _text_entries(lines: Lines) -> Iterator[Entry]:
         while True:
             start, line = lines.offset, lines.count + 1
             try:
@@ -125,12 +126,12 @@ class Manifest:
             except StopIteration:
                 return
             except UnicodeDecodeError as exc:
-                yield Record(Span(start, lines.offset - start), line, error=exc)
+                yield Entry(Span(start, lines.offset - start), line, error=exc)
                 continue
             if text and not text.startswith("#"):
-                yield Record(Span(start, lines.offset - start), line, text)
+                yield Entry(Span(start, lines.offset - start), line, text)
 
-    def _csv_records(self, lines: Lines, delimiter: str, skipped: Skipped) -> Iterator[Record]:
+    def _csv_entries(self, lines: Lines, delimiter: str, skipped: Skipped) -> Iterator[Entry]:
         reader = csv.reader(lines, delimiter=delimiter)
         try:
             header = next(reader, [])
@@ -152,26 +153,26 @@ class Manifest:
             except StopIteration:
                 return
             except RECORD_ERRORS as exc:
-                # The reader starts afresh at the next line: only this record is lost.
-                yield Record(Span(start, lines.offset - start), line, error=exc)
+                # The reader starts afresh at the next line: only this entry is lost.
+                yield Entry(Span(start, lines.offset - start), line, error=exc)
                 continue
             # Values past the header have no name, and a short row lacks its last columns:
             # neither is carried, as with csv.DictReader.
-            record = dict(zip(header, row, strict=False))
-            text = (record.pop(column, None) or "").strip()
+            entry = dict(zip(header, row, strict=False))
+            text = (entry.pop(column, None) or "").strip()
             if not text:
                 skipped[SKIP_NO_URI] += 1
                 continue
-            fields = {k: v for k, v in record.items() if len(v) <= MAX_FIELD_CHARS}
-            yield Record(Span(start, lines.offset - start, index), line, text, fields)
+            fields = {k: v for k, v in entry.items() if len(v) <= MAX_FIELD_CHARS}
+            yield Entry(Span(start, lines.offset - start, index), line, text, fields)
 
     def fetch(self, refs: Sequence[ImageRef], *, threads: int = 8) -> Fetched:
         return fetch_uris(refs, self.storage_options, threads=threads, recover=self._recover,
                           policy=self.uri_policy(), max_bytes=self.max_image_bytes)
 
     def _recover(self, refs: list[ImageRef]) -> dict[int, str | BaseException]:
-        """The real URI of each ref planned redacted, re-read from its record's bytes (and
-        for a placeholder, why its record cannot be read)."""
+        """The real URI of each ref planned redacted, re-read from its entry's bytes (and
+        for a placeholder, why its entry cannot be read)."""
         fs, path = filesystem(self.url, self.storage_options)
         folder = folder_of(self.url, self.storage_options)
         source = f"the manifest {redact(self.url)}"
@@ -187,19 +188,19 @@ class Manifest:
                 found.update((ref.image_id, error) for ref, _ in byte_range.spans)
                 continue
             for ref, span in byte_range.spans:
-                record = byte_range.data_of(data, span)
+                entry = byte_range.data_of(data, span)
                 if ref.member is not None:
-                    found[ref.image_id] = _unreadable(record, span, self.delimiter, source)
+                    found[ref.image_id] = _unreadable(entry, span, self.delimiter, source)
                     continue
-                uri = _uri_in(record, span, folder, self.delimiter or ",")
+                uri = _uri_in(entry, span, folder, self.delimiter or ",")
                 found[ref.image_id] = uri_if_unchanged(ref, uri, source=source,
-                                                       where=f"the record at {span}")
+                                                       where=f"the entry at {span}")
         return found
 
 
-def _parse(record: bytes, span: Span, delimiter: str | None) -> list[str]:
-    """A record's values (its one line, for a text manifest), parsed as when planning."""
-    text = record.decode("utf-8")
+def _parse(entry: bytes, span: Span, delimiter: str | None) -> list[str]:
+    """An entry's values (its one line, for a text manifest), parsed as when planning."""
+    text = entry.decode("utf-8")
     if span.offset == 0:
         text = text.removeprefix("\ufeff")
     if delimiter is None:
@@ -207,22 +208,22 @@ def _parse(record: bytes, span: Span, delimiter: str | None) -> list[str]:
     return next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), [])
 
 
-def _unreadable(record: bytes, span: Span, delimiter: str | None, source: str) -> BaseException:
-    """Why a record planned as a placeholder cannot be read, found again in its bytes."""
+def _unreadable(entry: bytes, span: Span, delimiter: str | None, source: str) -> BaseException:
+    """Why an entry planned as a placeholder cannot be read, found again in its bytes."""
     try:
-        _parse(record, span, delimiter)
+        _parse(entry, span, delimiter)
     except RECORD_ERRORS as exc:
         kind = "UTF-8" if isinstance(exc, UnicodeDecodeError) else "CSV"
-        return UnreadableRecord(f"this record of the manifest is not valid {kind} ({exc}); "
+        return UnreadableEntry(f"this entry of the manifest is not valid {kind} ({exc}); "
                                 "fix or remove it")
-    return SourceChangedError(f"{source} changed since this run was planned: the record at "
+    return SourceChangedError(f"{source} changed since this run was planned: the entry at "
                               f"{span} could not be read then, and reads now")
 
 
-def _uri_in(record: bytes, span: Span, folder: str, delimiter: str) -> str | None:
-    """The URI a record's bytes list now, parsed as when planning; None for none."""
+def _uri_in(entry: bytes, span: Span, folder: str, delimiter: str) -> str | None:
+    """The URI an entry's bytes list now, parsed as when planning; None for none."""
     try:
-        row = _parse(record, span, delimiter if span.column is not None else None)
+        row = _parse(entry, span, delimiter if span.column is not None else None)
     except RECORD_ERRORS:
         return None
     column = 0 if span.column is None else span.column

@@ -29,13 +29,15 @@ from urllib.parse import urlsplit
 import fsspec
 from fsspec.core import split_protocol
 
+from segpipe.core.errors import SegpipeError
+
 SAFE_SCHEMES = frozenset({"s3", "s3a", "gs", "gcs", "https"})
 HTTP_SCHEMES = frozenset({"http", "https"})
 LOCAL_SCHEME = "file"
 PRIVATE_HOSTS_FLAG = "--allow-private-hosts"
 
 
-class RefusedUri(PermissionError):
+class RefusedUri(SegpipeError, PermissionError):
     """A URI that the list naming it may not make a worker read."""
 
 

@@ -3,7 +3,7 @@
 A manifest or a URI table may list presigned URLs, whose query strings are credentials.
 The plan lives under DST, so a ref whose URI carries secrets (`strip_credentials(uri) != uri`)
 is listed with its redacted URI, which is also what identifies the image, and a locator:
-where its source lists the real URI (a manifest record's bytes, a table's row). When a
+where its source lists the real URI (a manifest entry's bytes, a table's row). When a
 worker fetches, the source re-reads those places for the whole shard at once, and each
 URI it finds must redact to the planned one. One that doesn't means the source was edited
 after planning: that image becomes an errors row, and the rest of the shard goes on.
@@ -14,12 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from segpipe.core.errors import SegpipeError
 from segpipe.core.identity import image_id
-from segpipe.core.records import ImageFailure, ImageRef
+from segpipe.core.items import ImageFailure, ImageRef
 from segpipe.io.storage import redact_uri, strip_credentials
 
 
-class SourceChangedError(ValueError):
+class SourceChangedError(SegpipeError, ValueError):
     """The source no longer lists, where the plan says, the image the plan names."""
 
 

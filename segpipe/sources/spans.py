@@ -1,4 +1,4 @@
-"""Byte spans of the records of a file: counted while a list is read, so that a record can
+"""Byte spans of the entries of a file: counted while a list is read, so that an entry can
 be read again on its own, and several of them with one ranged read."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from typing import IO, Generic, NamedTuple, TypeVar
 T = TypeVar("T")
 
 READ_CHUNK = 2**20
-# Records this far apart are still read with one request: fewer requests beat fewer bytes.
+# Entries this far apart are still read with one request: fewer requests beat fewer bytes.
 MAX_GAP = 2**20
 
 
 class Span(NamedTuple):
-    """Where a list holds one URI: its record's bytes, and for CSV the URI's column. (A
-    tuple: one is made for every record listed.)"""
+    """Where a list holds one URI: its entry's bytes, and for CSV the URI's column. (A
+    tuple: one is made for every entry listed.)"""
 
     offset: int
     length: int
@@ -35,7 +35,7 @@ class Span(NamedTuple):
     def parse(cls, text: str) -> Span:
         match = re.fullmatch(r"bytes=(\d+)\+(\d+)(?:,column=(\d+))?", text)
         if match is None:
-            raise ValueError(f"{text!r} is not a record's span")
+            raise ValueError(f"{text!r} is not an entry's span")
         column = match.group(3)
         return cls(int(match.group(1)), int(match.group(2)), None if column is None else int(column))
 

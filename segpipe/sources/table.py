@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from segpipe.core.identity import duplicate_ids, image_id
-from segpipe.core.records import ImageRef
+from segpipe.core.items import ImageRef
 from segpipe.io.storage import filesystem, redact, with_retries
 from segpipe.sources.base import (
     DEFAULT_MAX_IMAGE_BYTES,

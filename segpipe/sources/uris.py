@@ -19,7 +19,7 @@ from typing import Any
 import fsspec
 from fsspec.core import split_protocol, strip_protocol
 
-from segpipe.core.records import ImageRef
+from segpipe.core.items import ImageRef
 from segpipe.io.storage import filesystem
 from segpipe.sources.base import (
     DEFAULT_MAX_IMAGE_BYTES,

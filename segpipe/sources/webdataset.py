@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from segpipe.core.concurrency import ordered_map
 from segpipe.core.identity import image_id
-from segpipe.core.records import ImageRef
+from segpipe.core.items import ImageRef
 from segpipe.io.storage import filesystem, with_retries
 from segpipe.sources.base import (
     DEFAULT_MAX_IMAGE_BYTES,

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from segpipe.core.records import ImageFailure
+from segpipe.core.items import ImageFailure
 from segpipe.destination.reader import AnnotatedImage, run_config
 from segpipe.io.storage import Folder, filesystem
 from segpipe.pipeline.decode import decode_image

@@ -17,7 +17,7 @@ import pytest
 
 from segpipe.cli import main
 from segpipe.core.identity import image_id, shard_id
-from segpipe.core.records import ImageRef
+from segpipe.core.items import ImageRef
 from segpipe.destination import layout
 from segpipe.destination.plan import (
     EmptySourceError,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from segpipe.core.identity import image_id
-from segpipe.core.records import DecodedImage, ImageFailure, ImageRef, Prediction
+from segpipe.core.items import DecodedImage, ImageFailure, ImageRef, Prediction
 from segpipe.io.storage import filesystem
 from segpipe.model.loading import ModelLoadError, load_model
 from segpipe.model.segmenter import Segmenter

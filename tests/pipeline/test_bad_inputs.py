@@ -26,7 +26,7 @@ from PIL import Image
 from segpipe.app.annotate import annotate
 from segpipe.cli import main
 from segpipe.core.config import JobConfig
-from segpipe.core.records import DecodedImage, ImageFailure, ImageRef
+from segpipe.core.items import DecodedImage, ImageFailure, ImageRef
 from segpipe.destination.runs import check_settings, prepare_run
 from segpipe.io.storage import Folder
 from segpipe.pipeline.decode import decode_image

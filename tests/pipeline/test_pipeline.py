@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from segpipe.app.annotate import busy_seconds
-from segpipe.core.records import CommitMarker, RunContext, Shard, ShardResult
+from segpipe.core.items import CommitMarker, RunContext, Shard, ShardResult
 from segpipe.io.storage import Folder, ParallelWrites
 from segpipe.model.segmenter import Segmenter
 from segpipe.pipeline.shard import process_shard

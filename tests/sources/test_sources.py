@@ -20,7 +20,7 @@ from botocore.config import Config
 from PIL import Image
 
 from segpipe.core.identity import image_id
-from segpipe.core.records import DecodedImage, ImageFailure, ImageRef
+from segpipe.core.items import DecodedImage, ImageFailure, ImageRef
 from segpipe.io.storage import filesystem, is_transient, redact_uri
 from segpipe.pipeline.decode import decode_image
 from segpipe.sources import (
@@ -477,7 +477,7 @@ def test_signed_manifest_urls_are_listed_redacted_and_fetched(bucket: str, s3_en
     assert fetched(source, [refs[1]]) == [png(1)]  # a ref alone, as a shard may hold it
 
 
-def test_signed_csv_urls_are_found_again_in_multi_line_records(bucket: str, s3_endpoint: str):
+def test_signed_csv_urls_are_found_again_in_multi_line_entries(bucket: str, s3_endpoint: str):
     store = Store(f"s3://{bucket}")
     store.put("imgs/a.png", png(1))
     store.put("imgs/b.png", png(2))
@@ -493,9 +493,9 @@ def test_signed_csv_urls_are_found_again_in_multi_line_records(bucket: str, s3_e
     assert fetched(source, refs) == [png(1), png(2)]
 
 
-def test_manifest_spans_hold_across_line_ends_and_far_apart_records(tmp_path):
+def test_manifest_spans_hold_across_line_ends_and_far_apart_entries(tmp_path):
     """Local files named like signed URLs; \\r, \\r\\n and \\n line ends, one of them split
-    across two of the reader's chunks; records too far apart to be re-read with one read."""
+    across two of the reader's chunks; entries too far apart to be re-read with one read."""
     names = [f"{c}.png?X-Amz-Signature={c * 16}" for c in "abcd"]
     for i, name in enumerate(names):
         (tmp_path / name).write_bytes(png(i))
@@ -534,17 +534,17 @@ def test_manifest_edited_after_planning_fails_only_the_edited_image(bucket: str,
     # (`redact` takes the ":" after a URI's last redacted value along with it.)
     assert failure.message.startswith(redact_uri(urls[1]))
     assert (f"the manifest {store.url('list.txt')} changed since this run was planned: the "
-            f"record at bytes={len(urls[0]) + 1}+{len(urls[1]) + 1} no longer lists this image "
+            f"entry at bytes={len(urls[0]) + 1}+{len(urls[1]) + 1} no longer lists this image "
             f"but {redact_uri(edited[1])}") in failure.message
     assert not {s for s in secrets_of(*urls, *edited) if s in failure.message}
 
-    # Cut short: the records past its end list nothing any more.
+    # Cut short: the entries past its end list nothing any more.
     store.put("list.txt", f"{urls[0]}\n".encode())
     values = fetched(source, refs)
     assert values[0] == png(0) and values[3] == png(3)
     starts = [len(urls[0]) + 1, len(urls[0]) + len(urls[1]) + 2]
     assert [v.message.rsplit(": ", 1)[-1] for v in values[1:3]] == [  # type: ignore[union-attr]
-        f"the record at bytes={start}+{len(u) + 1} no longer lists this image"
+        f"the entry at bytes={start}+{len(u) + 1} no longer lists this image"
         for start, u in zip(starts, urls[1:3], strict=True)]
 
     # Gone altogether: each signed image fails naming the manifest; the plain one still reads.
@@ -592,7 +592,7 @@ def test_signed_urls_in_a_parquet_table_are_found_again_by_row(bucket: str, s3_e
                                       f"row 4 no longer lists this image but {redact_uri(column[4])}")
 
 
-# --- records that cannot be read --------------------------------------------------------------
+# --- entries that cannot be read ------------------------------------------------------------------
 
 def test_a_csv_field_over_the_limit_is_an_errors_row_and_planning_goes_on(store: Store):
     for name in ("a", "c", "d"):

@@ -10,7 +10,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from segpipe.core.records import Segment
+from segpipe.core.items import Segment
 from segpipe.model.loading import Family
 from segpipe.model.postprocess.argmax import Resolved, render, resolve
 from segpipe.model.postprocess.tiling import Grid

@@ -8,7 +8,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from segpipe.core.records import Segment
+from segpipe.core.config import TASK_THRESHOLDS, default_of
+from segpipe.core.items import Segment
 from segpipe.model.loading import FAMILIES, Family
 from segpipe.model.postprocess.argmax import render, resolve
 from segpipe.model.postprocess.merging import SegmentationResult, fits_dense, merge, merge_dense
@@ -73,9 +74,9 @@ def post_process_panoptic(
     masks_queries_logits: torch.Tensor,
     target_sizes: Sequence[tuple[int, int]] | None,
     *,
-    threshold: float = 0.5,
-    mask_threshold: float = 0.5,
-    overlap_mask_area_threshold: float = 0.8,
+    threshold: float = TASK_THRESHOLDS["panoptic"],
+    mask_threshold: float = default_of("mask_threshold"),
+    overlap_mask_area_threshold: float = default_of("overlap_mask_area_threshold"),
     label_ids_to_fuse: Collection[int] | None = None,
     family: str = "mask2former",
     max_chunk_pixels: int = DEFAULT_MAX_CHUNK_PIXELS,
@@ -122,9 +123,9 @@ def post_process_instance(
     masks_queries_logits: torch.Tensor,
     target_sizes: Sequence[tuple[int, int]] | None,
     *,
-    threshold: float = 0.5,
-    mask_threshold: float = 0.5,
-    overlap_mask_area_threshold: float = 0.8,
+    threshold: float = TASK_THRESHOLDS["instance"],
+    mask_threshold: float = default_of("mask_threshold"),
+    overlap_mask_area_threshold: float = default_of("overlap_mask_area_threshold"),
     family: str = "mask2former",
     thing_ids: Collection[int] | None = None,
     max_chunk_pixels: int = DEFAULT_MAX_CHUNK_PIXELS,

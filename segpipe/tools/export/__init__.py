@@ -23,7 +23,7 @@ from typing import Any
 
 from segpipe.destination.reader import (
     AnnotatedImage,
-    SegmentRecord,
+    SegmentRow,
     categories,
     iter_images,
     job_settings,
@@ -60,7 +60,7 @@ def run_export(dst: str, *, format: str, out: str, image_prefix: str | None = No
     cats = tuple(c for c in categories(folder, shards) if c.isthing or not things_only)
     naming = ImageNaming(image_prefix, image_root)
 
-    def keep(seg: SegmentRecord) -> bool:
+    def keep(seg: SegmentRow) -> bool:
         return seg.is_thing or not things_only
 
     def images(segments: bool = True) -> Iterator[AnnotatedImage]:

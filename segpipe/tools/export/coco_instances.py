@@ -16,13 +16,13 @@ import json
 from collections.abc import Callable, Iterable
 from typing import IO, Any
 
-from segpipe.destination.reader import AnnotatedImage, SegmentRecord
+from segpipe.destination.reader import AnnotatedImage, SegmentRow
 from segpipe.labels import Category
 from segpipe.tools.export.output import JsonArrayWriter
 
 
 def write_coco_instances(out: IO[str], *, images: Callable[..., Iterable[AnnotatedImage]],
-                         categories: tuple[Category, ...], keep: Callable[[SegmentRecord], bool],
+                         categories: tuple[Category, ...], keep: Callable[[SegmentRow], bool],
                          file_name: Callable[[AnnotatedImage], str], iscrowd: int,
                          info: dict[str, Any]) -> dict[str, int]:
     """Stream one COCO instance JSON. `images(segments=...)` is called once per section,
@@ -49,7 +49,7 @@ def write_coco_instances(out: IO[str], *, images: Callable[..., Iterable[Annotat
     return {"images": section.count, "annotations": annotations.count}
 
 
-def _annotation(ann_id: int, image: AnnotatedImage, seg: SegmentRecord,
+def _annotation(ann_id: int, image: AnnotatedImage, seg: SegmentRow,
                 iscrowd: int) -> dict[str, Any]:
     assert seg.rle is not None, "segments must be read with their RLE"
     ann = {"id": ann_id, "image_id": image.image_id, "category_id": seg.category_id,

@@ -18,7 +18,7 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from segpipe.destination.reader import AnnotatedImage, SegmentRecord
+from segpipe.destination.reader import AnnotatedImage, SegmentRow
 from segpipe.formats import coco
 from segpipe.formats.brush import encode_mask
 from segpipe.formats.colors import hex_color
@@ -41,7 +41,7 @@ def write_tasks(out: IO[str], images: Iterable[AnnotatedImage], *, naming: Image
     return {"images": tasks.count, "annotations": results}
 
 
-def to_task(image: AnnotatedImage, segments: list[SegmentRecord], *, naming: ImageNaming,
+def to_task(image: AnnotatedImage, segments: list[SegmentRow], *, naming: ImageNaming,
             from_name: str, to_name: str) -> dict[str, Any]:
     result = [_result(image, seg, from_name, to_name) for seg in segments]
     prediction: dict[str, Any] = {"model_version": _model_version(image), "result": result}
@@ -52,7 +52,7 @@ def to_task(image: AnnotatedImage, segments: list[SegmentRecord], *, naming: Ima
     return {"data": data, "predictions": [prediction]}
 
 
-def _result(image: AnnotatedImage, seg: SegmentRecord, from_name: str,
+def _result(image: AnnotatedImage, seg: SegmentRow, from_name: str,
             to_name: str) -> dict[str, Any]:
     assert seg.rle is not None, "segments must be read with their RLE"
     mask = coco.decode_rle(seg.rle).astype(bool)

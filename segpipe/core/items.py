@@ -1,4 +1,5 @@
-"""The record types that flow through the pipeline, with provenance carried to the end."""
+"""The items that flow through the pipeline, planned refs to commit markers, with provenance
+carried to the end."""
 
 from __future__ import annotations
 
