@@ -3,6 +3,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+# Test processes: most of a test's time is spent waiting on Ray, subprocesses and sockets,
+# not on the CPU, so a few run well side by side even on two cores.
+TEST_PROCS ?= 3
 
 .PHONY: install demo test test-all lint bench clean
 
@@ -24,10 +27,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check segpipe tests benchmarks jobs
 	$(PY) -m mypy
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_PROCS)
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_PROCS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check segpipe tests benchmarks jobs

@@ -28,8 +28,11 @@ REVIEWED_PANOPTIC = f"{REVIEWED_DIR}/panoptic.json"
 REVIEWED_PNG_DIR = f"{REVIEWED_DIR}/panoptic"
 
 
+RUNS_DIR = f"{META}/runs"
+
+
 def run_dir(run_id: str) -> str:
-    return f"{META}/runs/{run_id}"
+    return f"{RUNS_DIR}/{run_id}"
 
 
 def run_record(run_id: str) -> str:
@@ -62,12 +65,6 @@ def parse_commit(key: str) -> tuple[str, str] | None:
     if parts and parts[3] == "commits" and parts[4].endswith(".json"):
         return parts[2], parts[4][: -len(".json")]
     return None
-
-
-def parse_run_record(key: str) -> str | None:
-    """The run id of a run record's key; None for any other key."""
-    parts = _run_key(key, 4)
-    return parts[2] if parts and parts[3] == "run.json" else None
 
 
 def _run_key(key: str, depth: int) -> list[str] | None:

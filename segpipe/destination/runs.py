@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 
 
 def list_runs(dst: Folder) -> list[str]:
-    """Run ids recorded at `dst`, oldest first."""
-    return sorted({run for key in dst.list(f"{layout.META}/runs") if (run := layout.parse_run_record(key))})
+    """Run ids recorded at `dst`, oldest first: the run folders that hold a run record. (A
+    full listing of the runs folder would also list every plan, fragment and marker.)"""
+    return [run for run in dst.children(layout.RUNS_DIR) if dst.exists(layout.run_record(run))]
 
 
 class DestinationMismatch(SegpipeError, RuntimeError):

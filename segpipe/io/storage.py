@@ -180,6 +180,20 @@ class Folder:
         root_len = len(self.root) + 1
         return sorted(p[root_len:] for p in found if is_listed(p.rsplit("/", 1)[-1]))
 
+    def children(self, prefix: str) -> list[str]:
+        """Names of what lies directly under `prefix` (files and folders), sorted: one
+        delimited listing, which on an object store costs a request per 1,000 children
+        instead of one per 1,000 files below them."""
+        fs = self.fs
+        base = self.path(prefix).rstrip("/")
+        try:
+            found = with_retries(lambda: fs.ls(base, detail=False), what=self.url_of(prefix),
+                                 doing="listing")
+        except FileNotFoundError:
+            return []
+        names = {str(p).rstrip("/").rsplit("/", 1)[-1] for p in found}
+        return sorted(n for n in names if n and is_listed(n) and f"{base}/{n}" != base)
+
     def delete(self, key: str) -> None:
         fs = self.fs
         path = self.path(key)

@@ -67,6 +67,22 @@ def test_a_key_written_by_another_client_after_a_listing_is_seen(bucket, s3_endp
     assert dst.read_json("runs/1/fragments/b.json") == {"b": 2}
 
 
+def test_children_are_one_level_and_fresh(where, s3_endpoint):
+    from segpipe.destination.runs import list_runs
+
+    dst = Folder(f"{where}/dst")
+    assert dst.children("_segpipe/runs") == [] and list_runs(dst) == []
+    dst.write_json(layout.run_record("00001"), {"run_id": "00001"})
+    dst.write_json(layout.plan_shard("00001", "00001-000000"), {})
+    dst.write_json(layout.commit("00002", "00002-000000"), {})  # a run folder without a record
+    dst.write_bytes("_segpipe/runs/.hidden", b"")
+    assert dst.children("_segpipe/runs") == ["00001", "00002"]
+    assert dst.children("_segpipe/runs/00001") == ["plan", "run.json"]
+    assert list_runs(dst) == ["00001"]
+    dst.write_json(layout.run_record("00002"), {"run_id": "00002"})
+    assert list_runs(dst) == ["00001", "00002"]  # a new run is seen at once (no stale listing)
+
+
 def test_a_failed_read_names_its_type_and_what_was_done(bucket, tmp_path, capsys):
     dst = Folder(f"s3://{bucket}/dst")
     dst.write_json(layout.commit("00001", "00001-000000"), {"images": 0})
