@@ -6,6 +6,7 @@ relative, '/'-separated and checked so that no key can name a place outside the 
 
 from __future__ import annotations
 
+import builtins
 import errno
 import json
 import os
@@ -180,7 +181,7 @@ class Folder:
         root_len = len(self.root) + 1
         return sorted(p[root_len:] for p in found if is_listed(p.rsplit("/", 1)[-1]))
 
-    def children(self, prefix: str) -> list[str]:
+    def children(self, prefix: str) -> builtins.list[str]:
         """Names of what lies directly under `prefix` (files and folders), sorted: one
         delimited listing, which on an object store costs a request per 1,000 children
         instead of one per 1,000 files below them."""
