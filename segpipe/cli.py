@@ -11,6 +11,7 @@ from typing import Any
 
 from segpipe.core.config import DTYPES, TASKS, JobConfig
 from segpipe.formats.exports import EXPORT_FORMATS
+from segpipe.review.commands import add_review_commands
 
 SOURCE_FORMATS = ("images", "webdataset", "parquet", "manifest")
 
@@ -199,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=200)
     p.add_argument("--seed", type=int, default=999)
     p.set_defaults(func=cmd_demo)
+
+    add_review_commands(sub, _json_object)
     return parser
 
 
