@@ -20,37 +20,14 @@ from segpipe.io.storage import Folder
 from segpipe.review.importing import run_import
 from segpipe.review.records import ReviewImportError
 from tests.review.labelstudio_edits import (
-    apply_edits,
     as_reviewed,
     brush_item,
+    edited_export,
     exported_tasks,
     task_of,
+    write,
 )
-from tests.support.reviews import prelabels, reviewer_edits, thing_names, tree_digest, upload
-
-
-def edited_export(dst, tmp_path):
-    """(export, edits): image A edited, B submitted as predicted (after an older, emptier
-    annotation and before a cancelled one), C without annotation."""
-    tasks = as_reviewed(exported_tasks(dst, tmp_path / "tasks.json"))
-    images = prelabels(str(dst))
-    (a, a_ids), (b, _), (c, _) = sorted(
-        images, key=lambda pair: -sum(s.is_thing for s in pair[0].segments))
-    edits = reviewer_edits(a, a_ids, thing_names(str(dst)))
-    apply_edits(task_of(tasks, a.image_id), edits)
-    b_task = task_of(tasks, b.image_id)
-    b_task["annotations"].insert(0, {"id": 90, "result": [], "was_cancelled": False,
-                                     "lead_time": 5.0, "created_at": "2026-01-01T09:00:00Z"})
-    b_task["annotations"].append({"id": 91, "result": [], "was_cancelled": True,
-                                  "created_at": "2026-01-03T09:00:00Z"})
-    task_of(tasks, c.image_id)["annotations"] = []
-    return tasks, edits, b
-
-
-def write(tmp_path, tasks, name="export.json"):
-    path = tmp_path / name
-    path.write_text(json.dumps(tasks))
-    return path
+from tests.support.reviews import tree_digest, upload
 
 
 def test_edits_come_back_as_outcomes_reviewed_labels_and_statuses(dst, tmp_path):
