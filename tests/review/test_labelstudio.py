@@ -156,3 +156,18 @@ def test_import_into_and_from_s3(dst, tmp_path, bucket):
     statuses = [s["review_status"] for s in segments_with_review_status(remote).to_pylist()]
     assert statuses.count("rejected") == 1 and statuses.count("fixed") == 2
     assert run_import(remote_dst, "labelstudio", export)["written"] is False
+
+
+def test_import_command(dst, tmp_path, capsys):
+    from segpipe.cli import main
+
+    tasks, _, _ = edited_export(dst, tmp_path)
+    export = write(tmp_path, tasks)
+    assert main(["import", str(dst), "--from", "labelstudio", str(export)]) == 0
+    out = capsys.readouterr().out
+    assert "imported 2 reviewed images" in out and "deleted 1" in out
+    assert main(["import", str(dst), "--from", "labelstudio", str(export)]) == 0
+    assert "already imported" in capsys.readouterr().out
+    (tmp_path / "cut.json").write_text(export.read_text()[:100])
+    assert main(["import", str(dst), "--from", "labelstudio", str(tmp_path / "cut.json")]) == 1
+    assert "cut.json: not valid JSON" in capsys.readouterr().err
