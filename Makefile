@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo test test-all test-labelstudio lint bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,17 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q
 
+# The real Label Studio server pins many packages: it gets a virtualenv of its own, and the
+# slow round-trip test (tests/review/test_labelstudio_server.py) drives it over HTTP.
+LS_VENV := .venv-labelstudio
+$(LS_VENV)/bin/label-studio:
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install --quiet label-studio
+
+test-labelstudio: $(STAMP) $(LS_VENV)/bin/label-studio
+	SEGPIPE_LABEL_STUDIO=$(LS_VENV)/bin/label-studio $(PY) -m pytest -q -m slow \
+		tests/review/test_labelstudio_server.py
+
 lint: $(STAMP)
 	$(PY) -m ruff check segpipe tests benchmarks jobs
 	$(PY) -m mypy
@@ -37,4 +48,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run_all
 
 clean:
-	rm -rf $(VENV) demo-out
+	rm -rf $(VENV) $(LS_VENV) demo-out
