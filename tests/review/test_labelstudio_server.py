@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from segpipe.destination.reviews import latest_reviews
+from segpipe.io.storage import Folder
 from segpipe.review.importing import run_import
 from tests.review.labelstudio_edits import brush_item, exported_tasks
 from tests.support.reviews import prelabels, reviewer_edits, thing_names
@@ -59,7 +61,7 @@ def label_studio(tmp_path_factory) -> Iterator[Server]:
     session.headers["Authorization"] = f"Token {TOKEN}"
     api = f"http://127.0.0.1:{port}/api"
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 900  # migrations take minutes on a loaded machine
         while True:
             try:
                 if session.get(f"{api}/projects", timeout=5).ok:
@@ -103,14 +105,19 @@ def test_real_label_studio_round_trip(label_studio, dst, tmp_path):
         label_studio.post(f"{api}/tasks/{task['id']}/annotations",
                           json={"result": result, "lead_time": 21.5}).raise_for_status()
 
-    export = label_studio.get(f"{api}/projects/{pid}/export", params={"exportType": "JSON"})
+    export = label_studio.get(f"{api}/projects/{pid}/export", params={"exportType": "JSON",
+                                                                      "download_all_tasks": "true"})
     export.raise_for_status()
     (tmp_path / "project.json").write_bytes(export.content)
-    assert all(isinstance(t["data"]["segpipe_image_id"], str) for t in export.json())
+    exported = export.json()
+    assert len(exported) == len(tasks)  # the unannotated task too
+    assert all(isinstance(t["data"]["segpipe_image_id"], str) for t in exported)
     done = run_import(str(dst), "labelstudio", str(tmp_path / "project.json"))
     expected = dict(edits.expected)
     expected["accepted"] += len(images[1][0].segments)
     assert done["segments"] == expected
     assert (done["images"], done["not_reviewed"]) == (2, len(tasks) - 2)
+    rows = latest_reviews(Folder(str(dst))).to_pylist()
+    assert {r["reviewer_seconds"] for r in rows} == {21.5}
     assert json.loads((dst / "reviewed/panoptic.json").read_text())["images"]
     assert Path(dst / "tables/reviews").exists()
