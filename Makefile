@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # not on the CPU, so a few run well side by side even on two cores.
 TEST_PROCS ?= 3
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo test test-all test-labelstudio lint bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,17 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_PROCS)
 
+# The real Label Studio server pins many packages: it gets a virtualenv of its own, and the
+# slow round-trip test (tests/review/test_labelstudio_server.py) drives it over HTTP.
+LS_VENV := .venv-labelstudio
+$(LS_VENV)/bin/label-studio:
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install --quiet label-studio
+
+test-labelstudio: $(STAMP) $(LS_VENV)/bin/label-studio
+	SEGPIPE_LABEL_STUDIO=$(LS_VENV)/bin/label-studio $(PY) -m pytest -q -m slow \
+		tests/review/test_labelstudio_server.py
+
 lint: $(STAMP)
 	$(PY) -m ruff check segpipe tests benchmarks jobs
 	$(PY) -m mypy
@@ -40,4 +51,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run_all
 
 clean:
-	rm -rf $(VENV) demo-out
+	rm -rf $(VENV) $(LS_VENV) demo-out

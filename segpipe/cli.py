@@ -18,6 +18,7 @@ from segpipe.core.config import (
     default_of,
 )
 from segpipe.formats.exports import EXPORT_FORMATS
+from segpipe.review.commands import add_review_commands
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -221,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=200)
     p.add_argument("--seed", type=int, default=999)
     p.set_defaults(func=cmd_demo)
+
+    add_review_commands(sub, _json_object)
     return parser
 
 

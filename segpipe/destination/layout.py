@@ -12,7 +12,8 @@
     DST/_segpipe/runs/<run>/failed/<shard>.json      a shard that ran out of attempts
     DST/_segpipe/runs/<run>/summary.json
     DST/reviewed/panoptic.json              reviewers' corrected labels, one COCO-panoptic dataset
-    DST/reviewed/panoptic/<name>.png        their id maps
+    DST/reviewed/panoptic/<import>/<image_id>.png   their id maps, by the import that wrote them
+    DST/tables/reviews/import=<import>/reviews.parquet   one row per segment outcome of an import
 """
 
 from __future__ import annotations
@@ -26,6 +27,17 @@ MERGED_PANOPTIC = "panoptic.json"
 REVIEWED_DIR = "reviewed"
 REVIEWED_PANOPTIC = f"{REVIEWED_DIR}/panoptic.json"
 REVIEWED_PNG_DIR = f"{REVIEWED_DIR}/panoptic"
+REVIEWS_TABLE = "reviews"
+
+
+def reviewed_png_name(import_id: str, image_id: int) -> str:
+    """A reviewed PNG's name below REVIEWED_PNG_DIR (the annotation's file_name). Keyed by
+    import, so an import never overwrites a PNG that the current panoptic.json points at."""
+    return f"{import_id}/{image_png_key(image_id)}"
+
+
+def reviews_file(import_id: str) -> str:
+    return f"{table_dir(REVIEWS_TABLE)}/import={import_id}/reviews.parquet"
 
 
 RUNS_DIR = f"{META}/runs"

@@ -98,10 +98,37 @@ SUPERSEDED = pa.schema(
 
 RUN_SCHEMAS: dict[str, pa.Schema] = {"superseded": SUPERSEDED}
 
+# One file per `segpipe import`: one row per segment outcome of each reviewed image. An
+# image's latest import is its review; earlier imports' rows stay as history.
+REVIEWS = pa.schema(
+    [
+        ("import_id", pa.string()),
+        ("source", pa.string()),  # labelstudio | cvat | coco-panoptic
+        ("imported_at", TIMESTAMP),
+        ("image_id", pa.int64()),
+        ("image_uri", pa.string()),
+        ("review_item", pa.string()),  # the task or file name in the review tool's export
+        ("prelabel_run_id", pa.string()),  # the run whose pre-labels were reviewed
+        ("prelabel_segment_id", pa.int32()),  # null for added segments
+        ("reviewed_segment_id", pa.int32()),  # id in DST/reviewed/ PNG; null for deleted ones
+        ("category_before", pa.string()),
+        ("category_after", pa.string()),
+        ("score", pa.float32()),  # the pre-label's score; null for added or unscored segments
+        ("iou", pa.float64()),  # pre-label vs reviewed mask; null when unmatched
+        ("outcome", pa.string()),  # accepted | edited | relabeled | deleted | added
+        ("reviewer_seconds", pa.float64()),  # the image's review time, where the export has it
+    ]
+)
+
+IMPORT_SCHEMAS: dict[str, pa.Schema] = {"reviews": REVIEWS}
+
+
+_ALL_SCHEMAS = SCHEMAS | RUN_SCHEMAS | IMPORT_SCHEMAS
+
 
 def to_parquet_bytes(table: str, rows: list[dict[str, Any]]) -> bytes:
     """Serialize rows with the table's fixed schema; byte-identical for identical rows."""
-    arrow = pa.Table.from_pylist(rows, schema=SCHEMAS.get(table) or RUN_SCHEMAS[table])
+    arrow = pa.Table.from_pylist(rows, schema=_ALL_SCHEMAS[table])
     buf = io.BytesIO()
     pq.write_table(arrow, buf, compression="zstd", write_statistics=True)
     return buf.getvalue()

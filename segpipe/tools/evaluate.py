@@ -77,9 +77,11 @@ def read_id_map(url: str, storage_options: dict | None = None) -> np.ndarray:
     return coco.png_to_id_map(_read(url, storage_options))
 
 
-def _annotations_by_name(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each annotation keyed by the basename of its image's file_name."""
-    names = {image["id"]: image["file_name"].rsplit("/", 1)[-1] for image in document["images"]}
+def _annotations_by_name(document: dict[str, Any], full_names: bool = False
+                         ) -> dict[str, dict[str, Any]]:
+    """Each annotation keyed by the basename of its image's file_name (or the whole name)."""
+    names = {image["id"]: image["file_name"] if full_names else
+             image["file_name"].rsplit("/", 1)[-1] for image in document["images"]}
     by_name = {names[ann["image_id"]]: ann for ann in document["annotations"]}
     if len(by_name) != len(document["annotations"]):
         raise ValueError("two images share a file name: images are paired by file name")
@@ -215,8 +217,13 @@ def evaluate(
     gt_json: str,
     gt_png_dir: str,
     storage_options: dict | None = None,
+    *,
+    full_names: bool = False,
 ) -> dict[str, Any]:
     """PQ / SQ / RQ of a COCO-panoptic prediction against COCO-panoptic ground truth.
+
+    Images are paired by the basename of their file_name, or by the whole file_name with
+    `full_names` (the review report pairs DST with its reviews, both named by source URI).
 
     Returns {"All", "Things", "Stuff": {pq, sq, rq, n}, "per_category": [...],
     "images": {ground_truth, evaluated, missing, extra}}; scores are fractions in [0, 1].
@@ -224,8 +231,8 @@ def evaluate(
     gt_doc = json.loads(_read(gt_json, storage_options))
     pred_doc = json.loads(_read(pred_json, storage_options))
     categories = {c["id"]: c for c in gt_doc["categories"]}
-    gt_by_name = _annotations_by_name(gt_doc)
-    pred_by_name = _annotations_by_name(pred_doc)
+    gt_by_name = _annotations_by_name(gt_doc, full_names)
+    pred_by_name = _annotations_by_name(pred_doc, full_names)
 
     def one_image(name: str) -> PQStat:
         gt_ann = gt_by_name[name]

@@ -1,0 +1,1 @@
+"""One module per review tool's export format; each turns an export into an ImportBatch."""
