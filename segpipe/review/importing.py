@@ -16,7 +16,7 @@ from segpipe.labels.categories import hash_color
 from segpipe.review import overlaps
 from segpipe.review.importers import coco_panoptic, cvat, labelstudio
 from segpipe.review.outcomes import PreLabel, match_segments
-from segpipe.review.records import ImportBatch, ReviewImportError, check_size
+from segpipe.review.reviewed import ImportBatch, ReviewImportError, check_size
 from segpipe.review.store import PreparedImage, write_import
 from segpipe.review.targets import Targets, read_input
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from segpipe.labels import Category
-from segpipe.review.records import ReviewedMask
+from segpipe.review.reviewed import ReviewedMask
 
 
 @dataclass(frozen=True)

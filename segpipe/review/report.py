@@ -13,7 +13,7 @@ from typing import Any
 
 from segpipe.destination import layout, reader
 from segpipe.destination.reviews import committed_imports, latest_reviews, reviewed_document
-from segpipe.review.records import ReviewImportError
+from segpipe.review.reviewed import ReviewImportError
 from segpipe.review.thresholds import suggest_thresholds
 from segpipe.tools.evaluate import evaluate
 

@@ -24,7 +24,7 @@ from segpipe.formats import tables
 from segpipe.io.storage import Folder, ParallelWrites
 from segpipe.labels import Category
 from segpipe.review.outcomes import SegmentOutcome
-from segpipe.review.records import ReviewedImage
+from segpipe.review.reviewed import ReviewedImage
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any
 
 from segpipe.destination.reader import AnnotatedImage
 from segpipe.io.storage import filesystem, with_retries
-from segpipe.review.records import ReviewImportError
+from segpipe.review.reviewed import ReviewImportError
 
 
 class Targets:

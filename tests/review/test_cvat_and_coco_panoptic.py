@@ -14,7 +14,7 @@ from pycocotools import mask as mask_utils
 from segpipe.destination import reader
 from segpipe.io.storage import Folder
 from segpipe.review.importing import run_import
-from segpipe.review.records import ReviewImportError
+from segpipe.review.reviewed import ReviewImportError
 from tests.support.reviews import prelabels, reviewer_edits, thing_names, tree_digest, upload
 
 

@@ -18,7 +18,7 @@ from segpipe.destination.reviews import (
 from segpipe.formats import coco, tables
 from segpipe.io.storage import Folder
 from segpipe.review.importing import run_import
-from segpipe.review.records import ReviewImportError
+from segpipe.review.reviewed import ReviewImportError
 from tests.review.labelstudio_edits import (
     as_reviewed,
     brush_item,

@@ -5,7 +5,7 @@ import numpy as np
 from segpipe.labels import Category
 from segpipe.review.outcomes import ACCEPT_IOU, PreLabel, match_segments
 from segpipe.review.overlaps import resolve
-from segpipe.review.records import ReviewedMask
+from segpipe.review.reviewed import ReviewedMask
 
 CATS = {"dog": Category(1, "dog", True, (1, 1, 1)), "cat": Category(2, "cat", True, (2, 2, 2)),
         "sky": Category(3, "sky", False, (3, 3, 3))}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from segpipe.formats import coco
-from segpipe.review.records import ImportBatch, ReviewedImage, ReviewedMask, ReviewImportError
+from segpipe.review.reviewed import ImportBatch, ReviewedImage, ReviewedMask, ReviewImportError
 from segpipe.review.targets import Targets, parse_json, read_input
 
 SOURCE = "coco-panoptic"

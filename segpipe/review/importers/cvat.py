@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from segpipe.review.records import ImportBatch, ReviewedImage, ReviewedMask, ReviewImportError
+from segpipe.review.reviewed import ImportBatch, ReviewedImage, ReviewedMask, ReviewImportError
 from segpipe.review.targets import Targets, parse_json
 
 SOURCE = "cvat"

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from label_studio_sdk.converter.brush import decode_rle
 
-from segpipe.review.records import ImportBatch, ReviewedImage, ReviewedMask, ReviewImportError
+from segpipe.review.reviewed import ImportBatch, ReviewedImage, ReviewedMask, ReviewImportError
 from segpipe.review.targets import Targets, parse_json
 
 SOURCE = "labelstudio"

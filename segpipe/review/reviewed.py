@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from segpipe.core.errors import SegpipeError
 from segpipe.destination.reader import AnnotatedImage
 
 
-class ReviewImportError(ValueError):
+class ReviewImportError(SegpipeError, ValueError):
     """An export that cannot be imported; the message names the file, task or image."""
 
 
