@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from segpipe.app.progress import Progress
+from segpipe.core.class_thresholds import read_class_thresholds
 from segpipe.core.config import JobConfig
 from segpipe.core.records import CommitMarker, ShardResult
 from segpipe.destination import layout
@@ -66,7 +67,9 @@ def annotate(config: JobConfig) -> dict[str, Any]:
         device=config.device, label_map=config.label_map, threshold=config.threshold,
         mask_threshold=config.mask_threshold,
         overlap_mask_area_threshold=config.overlap_mask_area_threshold,
-        allow_pickle_weights=config.allow_pickle_weights, storage_options=config.storage_options)
+        allow_pickle_weights=config.allow_pickle_weights, storage_options=config.storage_options,
+        class_thresholds=None if config.class_thresholds is None
+        else read_class_thresholds(config.class_thresholds, config.storage_options))
     spec = WorkerSpec(source, segmenter, dst, state.run, config.batch_size, config.read_threads,
                       config.max_image_pixels,
                       torch_threads=cpu_threads_per_worker(num_workers, config.gpus_per_worker),
