@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from segpipe.core.records import DecodedImage, ImageRef, Prediction
-from segpipe.pipeline.decode import decode_image
 from segpipe.model.postprocess.priority import review_priority
 from segpipe.model.segmenter import Segmenter
+from segpipe.pipeline.decode import decode_image
 from tests.support.images import write_images
 
 CLASSES = 4  # + "no object"
