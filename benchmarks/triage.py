@@ -1,6 +1,6 @@
 """Triage: does the review priority put the images with the worst pre-labels first?
 
-Run: python -m benchmarks.triage [--count 300] [--seed 4242]
+Run: python -m benchmarks.triage [--count 200] [--seed 7777]
 Renders synthetic scenes with ground truth (segpipe.demo.synth), made harder so that the
 demo model errs: each image gets its own amount of pixel noise and blur (from none to
 heavy), so difficulty varies from image to image as it does in a lake. The bundled demo
@@ -70,8 +70,9 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--count", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=4242)  # never used to train the demo model
+    parser.add_argument("--count", type=int, default=200)
+    # Not a training seed of the demo model, nor the one the priority's weights were chosen on (4242).
+    parser.add_argument("--seed", type=int, default=7777)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
