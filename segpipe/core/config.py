@@ -131,6 +131,10 @@ class JobConfig:
             if value is not None or name not in OPTIONAL_NUMBERS:
                 check(flag_of(name), value)
         check_schemes("--allow-uri-schemes", self.allow_uri_schemes)
+        if self.class_thresholds is not None and (
+                not isinstance(self.class_thresholds, str) or not self.class_thresholds.strip()):
+            raise ValueError(f"--class-thresholds must be a file path or URL, not "
+                             f"{self.class_thresholds!r}")
 
     @property
     def uri_schemes(self) -> tuple[str, ...]:

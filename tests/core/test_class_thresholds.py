@@ -68,3 +68,13 @@ def test_the_fingerprint_holds_the_content_not_the_path(tmp_path):
     prints = [base.replace(class_thresholds=p).fingerprint()["class_thresholds"] for p in (a, b, c)]
     assert prints[0] == prints[1] == {"sky": 0.2, "star": 0.9} != prints[2]
     assert base.fingerprint()["class_thresholds"] is None
+
+
+def test_the_annotate_flag_and_its_check(tmp_path):
+    from segpipe.cli import build_parser, config_from_args
+
+    path = write(tmp_path / "t.json", {"sky": 0.4})
+    args = build_parser().parse_args(["annotate", "src", "dst", "--class-thresholds", path])
+    assert config_from_args(args).class_thresholds == path
+    with pytest.raises(ValueError, match="--class-thresholds must be a file path"):
+        JobConfig(src="s", dst="d", class_thresholds="  ")
