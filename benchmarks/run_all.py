@@ -22,6 +22,7 @@ BENCHMARKS = {
     "plan": ["-m", "benchmarks.plan"],
     "postprocess": ["-m", "benchmarks.postprocess"],
     "e2e": ["-m", "benchmarks.e2e"],
+    "triage": ["-m", "benchmarks.triage"],
 }
 
 
@@ -76,6 +77,18 @@ def rows() -> list[str]:
             out.append(f"| {label} peak RSS, {large['images']} vs {small['images']} images | "
                        f"{large[key]} MB vs {small[key]} MB | **{ratio}** | <= {lim} | "
                        f"{verdict(ratio <= lim)} |")
+    if tr := load("triage"):
+        x = tr["results"][0]
+        gap = tr["target"]["pq_gap_min"]
+        out.append(f"| Triage: PQ of the top-decile images by review priority vs the bottom "
+                   f"decile, {x['images']} harder synthetic scenes (noise sigma <= "
+                   f"{x['noise_sigma_max']:g}, blur <= {x['blur_radius_max']:g}), {x['model']} | "
+                   f"{x['pq_top_decile']} vs {x['pq_bottom_decile']} (all {x['pq_all']}; rank "
+                   f"correlation with image PQ {x['spearman_priority_vs_image_pq']}) | "
+                   f"**{x['pq_gap']}** lower | >= {gap} | {verdict(x['pq_gap'] >= gap)} |")
+        out.append(f"| Triage: the priority's cost beside the post-processing, {x['device']} | "
+                   f"{x['priority_s']} s of {x['postprocess_s']} s | "
+                   f"**{x['priority_share_of_postprocess']:.1%}** | (reported) | - |")
     return out
 
 

@@ -70,6 +70,9 @@ def _add_job_options(p: argparse.ArgumentParser, *, required: bool) -> None:
     g.add_argument("--threshold", type=float, default=S, help="minimum query score to keep a "
                    "segment (default: {task_default}, as transformers; the original Mask2Former papers "
                    "evaluate panoptic at 0.8)")
+    g.add_argument("--class-thresholds", default=S, metavar="FILE", help="JSON file of per-class "
+                   "minimum scores ({\"format\": \"segpipe-class-thresholds\", \"version\": 1, "
+                   "\"thresholds\": {NAME: SCORE}}); classes it does not list use --threshold")
     g.add_argument("--mask-threshold", type=float, default=S, help="mask probability threshold ({default})")
     g.add_argument("--overlap-mask-area-threshold", type=float, default=S,
                    help="drop a segment keeping less than this share of its mask ({default})")
@@ -196,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-name", default="label",
                    help="labelstudio: name of the BrushLabels tag (label)")
     p.add_argument("--to-name", default="image", help="labelstudio: name of the Image tag (image)")
+    p.add_argument("--order", choices=("committed", "priority"), default="committed",
+                   help="committed: DST's order (default); priority: the images that most need a "
+                   "reviewer first (the images table's review_priority)")
+    p.add_argument("--limit", type=int, default=None, help="export only the first N images of "
+                   "--order (with --order priority: the N that most need a reviewer)")
     p.add_argument("--storage-options", type=_json_object, default=None)
     p.set_defaults(func=cmd_export)
 
@@ -293,7 +301,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                         image_prefix=args.image_prefix, image_root=args.image_root,
                         storage_options=args.storage_options, min_score=args.min_score,
                         things_only=args.things_only, from_name=args.from_name,
-                        to_name=args.to_name)
+                        to_name=args.to_name, order=args.order, limit=args.limit)
     print(f"wrote {counts['images']} images and {counts['annotations']} annotations from "
           f"{counts['shards']} committed shards to {counts['out']}")
     if "label_config" in counts:

@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from segpipe.core.class_thresholds import read_class_thresholds
+
 TASKS = ("panoptic", "instance", "semantic")
 DTYPES = ("fp32", "bf16", "fp16")
 SOURCE_FORMATS = ("images", "webdataset", "parquet", "manifest")
@@ -18,7 +20,7 @@ TASK_THRESHOLDS = {"panoptic": 0.5, "instance": 0.5, "semantic": 0.0}
 # Fields that change what the outputs contain; a destination refuses a run that differs.
 FINGERPRINT_FIELDS = (
     "model", "revision", "dtype", "task", "label_map", "threshold", "mask_threshold",
-    "overlap_mask_area_threshold", "source_format",
+    "overlap_mask_area_threshold", "source_format", "class_thresholds",
 )
 
 
@@ -108,6 +110,7 @@ class JobConfig:
     allow_private_hosts: bool = False
     label_map: str | None = None
     threshold: float | None = None
+    class_thresholds: str | None = None  # a class-thresholds file (core.class_thresholds)
     mask_threshold: float = 0.5
     overlap_mask_area_threshold: float = 0.8
     allow_pickle_weights: bool = False
@@ -135,6 +138,10 @@ class JobConfig:
             if value is not None or name not in OPTIONAL_NUMBERS:
                 check(flag_of(name), value)
         check_schemes("--allow-uri-schemes", self.allow_uri_schemes)
+        if self.class_thresholds is not None and (
+                not isinstance(self.class_thresholds, str) or not self.class_thresholds.strip()):
+            raise ValueError(f"--class-thresholds must be a file path or URL, not "
+                             f"{self.class_thresholds!r}")
 
     @property
     def uri_schemes(self) -> tuple[str, ...]:
@@ -142,7 +149,12 @@ class JobConfig:
         return schemes_in(self.allow_uri_schemes)
 
     def fingerprint(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in FINGERPRINT_FIELDS}
+        out = {name: getattr(self, name) for name in FINGERPRINT_FIELDS}
+        if self.class_thresholds is not None:
+            # What changes the outputs is the mapping, not where the file lies.
+            out["class_thresholds"] = read_class_thresholds(
+                self.class_thresholds, self.storage_options).as_dict()
+        return out
 
     @property
     def score_threshold(self) -> float:

@@ -91,6 +91,7 @@ class Prediction:
     image: DecodedImage
     id_map: np.ndarray  # (H, W) int32, 0 = void, segment ids 1..N
     segments: list[Segment] = field(default_factory=list)
+    review_priority: float | None = None  # in [0, 1], higher: review first (model.postprocess.priority)
 
 
 @dataclass(frozen=True)

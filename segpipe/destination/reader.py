@@ -67,6 +67,7 @@ class AnnotatedImage:
     model: str | None
     model_revision: str | None
     segments: tuple[SegmentRow, ...]
+    review_priority: float | None = None  # null in destinations written before it existed
 
     @property
     def ref(self) -> ImageRef:
@@ -134,7 +135,8 @@ def iter_images(dst: Folder, *, shards: Shards | None = None, segments: bool = T
                 width=row["width"], height=row["height"], run_id=run_id, shard_id=sid,
                 panoptic_png=row["panoptic_png"], semantic_png=row["semantic_png"],
                 model=model, model_revision=revision,
-                segments=tuple(by_image.get(row["image_id"], ())))
+                segments=tuple(by_image.get(row["image_id"], ())),
+                review_priority=row.get("review_priority"))
 
 
 def read_id_map(dst: Folder, image: AnnotatedImage) -> np.ndarray:

@@ -65,9 +65,11 @@ class ShardWriter:
         self._coco_annotations.append({"image_id": ref.image_id,
                                        "file_name": png_key.split("/", 1)[1],
                                        "segments_info": segments_info})
-        self._rows["images"].append(self._image_row(ref, width, height, pred.image.content_hash,
-                                                    len(segments_info), "ok", None, png_key,
-                                                    semantic_key))
+        row = self._image_row(ref, width, height, pred.image.content_hash, len(segments_info),
+                              "ok", None, png_key, semantic_key)
+        if pred.review_priority is not None:
+            row["review_priority"] = round(float(pred.review_priority), 6)
+        self._rows["images"].append(row)
 
     def add_failure(self, failure: ImageFailure) -> None:
         ref = failure.ref
@@ -118,5 +120,5 @@ class ShardWriter:
             "num_segments": num_segments, "status": status, "error": error,
             "panoptic_png": png_key, "semantic_png": semantic_key,
             "source_fields": json.dumps(ref.fields, sort_keys=True) if ref.fields else None,
-            "created_at": self.run.created_at,
+            "created_at": self.run.created_at, "review_priority": None,
         }

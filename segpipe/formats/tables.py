@@ -62,6 +62,8 @@ IMAGES = pa.schema(
         ("semantic_png", pa.string()),
         ("source_fields", pa.string()),  # JSON of extra source columns
         ("created_at", TIMESTAMP),
+        # In [0, 1], higher: review first; null for error rows (model.postprocess.priority).
+        ("review_priority", pa.float32()),
     ]
 )
 

@@ -15,12 +15,14 @@ from typing import Any
 
 import torch
 
+from segpipe.core.class_thresholds import ClassThresholds, read_class_thresholds
 from segpipe.core.config import TASK_THRESHOLDS, JobConfig, default_of
 from segpipe.core.items import DecodedImage, ImageFailure, Prediction
 from segpipe.io.storage import redact
 from segpipe.model import postprocess
 from segpipe.model.loading import LoadedModel, load_model
 from segpipe.model.postprocess import SegmentationResult
+from segpipe.model.postprocess.priority import review_priority
 
 
 @dataclass
@@ -57,7 +59,9 @@ class Segmenter:
     overlap_mask_area_threshold: float = default_of("overlap_mask_area_threshold")
     allow_pickle_weights: bool = False
     storage_options: dict[str, Any] = field(default_factory=dict)
+    class_thresholds: ClassThresholds | None = None  # per category name, over `threshold`
     loaded: LoadedModel | None = field(default=None, repr=False)
+    label_thresholds: dict[int, float] | None = field(default=None, repr=False)
 
     @classmethod
     def from_config(cls, config: JobConfig) -> Segmenter:
@@ -66,15 +70,22 @@ class Segmenter:
                    mask_threshold=config.mask_threshold,
                    overlap_mask_area_threshold=config.overlap_mask_area_threshold,
                    allow_pickle_weights=config.allow_pickle_weights,
-                   storage_options=config.storage_options)
+                   storage_options=config.storage_options,
+                   class_thresholds=None if config.class_thresholds is None
+                   else read_class_thresholds(config.class_thresholds, config.storage_options))
 
     def setup(self) -> LoadedModel:
         if self.loaded is None:
-            self.loaded = load_model(
+            loaded = load_model(
                 self.model, revision=self.revision, dtype=self.dtype, device=self.device,
                 label_map=self.label_map, allow_pickle_weights=self.allow_pickle_weights,
                 storage_options=self.storage_options,
             )
+            if self.class_thresholds is not None:  # names the model lacks fail the setup
+                labels = loaded.label_set
+                self.label_thresholds = self.class_thresholds.by_label(
+                    {m: labels.category(m).name for m in labels.model_to_category})
+            self.loaded = loaded
         return self.loaded
 
     def __getstate__(self) -> dict[str, Any]:
@@ -144,10 +155,20 @@ class Segmenter:
         sizes = [(int(img.pixels.shape[0]), int(img.pixels.shape[1])) for img in item.images]
         results = self._segment_logits(loaded, item.class_logits.float(),
                                        item.mask_logits.float(), sizes)
+        priorities = self._review_priorities(item).tolist()
         return [
-            Prediction(image, result.id_map.to("cpu", torch.int32).numpy(), result.segments)
-            for image, result in zip(item.images, results, strict=True)
+            Prediction(image, result.id_map.to("cpu", torch.int32).numpy(), result.segments,
+                       review_priority=priority)
+            for image, result, priority in zip(item.images, results, priorities, strict=True)
         ]
+
+    def _review_priorities(self, item: ForwardedBatch) -> torch.Tensor:
+        """Each image's review priority, from the logits on the device (semantic runs, which
+        keep no queries by score, count queries as panoptic would)."""
+        threshold = self.threshold if self.threshold is not None else TASK_THRESHOLDS[self.task]
+        if self.task == "semantic":
+            threshold = TASK_THRESHOLDS["panoptic"]
+        return review_priority(item.class_logits, item.mask_logits, threshold=threshold)
 
     def _preprocess(self, loaded: LoadedModel, images: Sequence[DecodedImage]) -> dict[str, Any]:
         # HWC uint8 -> CHW on the device; the processor's torchvision backend does the rest there.
@@ -173,18 +194,21 @@ class Segmenter:
         threshold = self.threshold if self.threshold is not None else TASK_THRESHOLDS[self.task]
         if self.task == "semantic":
             return postprocess.post_process_semantic(
-                class_logits, mask_logits, sizes, family=loaded.family)
+                class_logits, mask_logits, sizes, family=loaded.family,
+                class_thresholds=self.label_thresholds)
         if self.task == "instance":
             return postprocess.post_process_instance(
                 class_logits, mask_logits, sizes, threshold=threshold,
                 mask_threshold=self.mask_threshold,
                 overlap_mask_area_threshold=self.overlap_mask_area_threshold, family=loaded.family,
-                thing_ids=loaded.label_set.thing_model_labels())
+                thing_ids=loaded.label_set.thing_model_labels(),
+                class_thresholds=self.label_thresholds)
         return postprocess.post_process_panoptic(
             class_logits, mask_logits, sizes, threshold=threshold,
             mask_threshold=self.mask_threshold,
             overlap_mask_area_threshold=self.overlap_mask_area_threshold,
-            label_ids_to_fuse=loaded.label_set.stuff_model_labels(), family=loaded.family)
+            label_ids_to_fuse=loaded.label_set.stuff_model_labels(), family=loaded.family,
+            class_thresholds=self.label_thresholds)
 
 
 def _failure(image: DecodedImage, exc: BaseException) -> ImageFailure:

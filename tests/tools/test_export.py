@@ -25,7 +25,7 @@ from segpipe.io.storage import Folder, filesystem
 from segpipe.tools.export import run_export
 from segpipe.tools.export.images import ImageNaming, refuse_duplicate_cvat_names
 from tests.support.destinations import annotated, copy_of
-from tests.support.outputs import read_id_map, read_panoptic
+from tests.support.outputs import read_id_map, read_panoptic, read_table
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +123,8 @@ def test_labelstudio_predictions_decode_to_the_panoptic_masks(panoptic_dst, tmp_
     truth = panoptic_segments(panoptic_dst)
     categories = {c["id"]: c["name"] for c in read_panoptic(Folder(str(panoptic_dst)))["categories"]}
     interface = LabelInterface(config)
+    priority = {str(r["image_id"]): r["review_priority"]
+                for r in read_table(Folder(str(panoptic_dst)), "images")}
     results = 0
     assert len(tasks) == len(truth) == counts["images"]
     for task in tasks:
@@ -140,9 +142,9 @@ def test_labelstudio_predictions_decode_to_the_panoptic_masks(panoptic_dst, tmp_
             assert result["value"]["brushlabels"] == [categories[info["category_id"]]]
             assert result["score"] == pytest.approx(info["score"], abs=1e-6)
             results += 1
-        scores = [r["score"] for r in prediction["result"]]
-        if scores:
-            assert prediction["score"] == pytest.approx(np.mean(scores), abs=1e-6)
+        # The prediction's score is the image's review priority, which Label Studio sorts by.
+        assert prediction["score"] == pytest.approx(priority[task["data"]["segpipe_image_id"]],
+                                                    abs=1e-6)
     assert results == counts["annotations"] == sum(len(i) for _, i in truth.values())
 
     root = ET.fromstring(config)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from functools import partial
 
 import torch
@@ -14,6 +14,7 @@ from segpipe.model.loading import FAMILIES, Family
 from segpipe.model.postprocess.argmax import render, resolve
 from segpipe.model.postprocess.merging import SegmentationResult, fits_dense, merge, merge_dense
 from segpipe.model.postprocess.taps import nearest_index
+from segpipe.model.postprocess.thresholds import drop_below_class_thresholds, threshold_of
 from segpipe.model.postprocess.tiling import (
     DEFAULT_MAX_CHUNK_PIXELS,
     DEFAULT_TILE,
@@ -81,17 +82,20 @@ def post_process_panoptic(
     family: str = "mask2former",
     max_chunk_pixels: int = DEFAULT_MAX_CHUNK_PIXELS,
     tile: int = DEFAULT_TILE,
+    class_thresholds: Mapping[int, float] | None = None,
 ) -> list[SegmentationResult]:
     """Panoptic segmentation, as ``post_process_panoptic_segmentation``.
 
     `threshold` defaults to transformers' 0.5 (the original models were evaluated at 0.8).
-    `target_sizes=None` keeps the processor's own output size.
+    `target_sizes=None` keeps the processor's own output size. `class_thresholds` (model
+    label -> score) replaces `threshold` for the labels it lists.
     """
     fam = _family(family)
     cls = class_queries_logits.float()
     masks = masks_queries_logits.float()
     scores, labels = cls.softmax(-1).max(-1)
-    keep = (labels != cls.shape[-1] - 1) & (scores > threshold)
+    keep = (labels != cls.shape[-1] - 1) & (scores > threshold_of(labels, threshold,
+                                                                   class_thresholds))
     between = torch.sigmoid if fam.mid_size is not None else None
     grids = _GridCache(fam, tile, masks.device, mid=True, between=between)
     native = fam.mid_size or _spatial_size(masks)
@@ -130,12 +134,14 @@ def post_process_instance(
     thing_ids: Collection[int] | None = None,
     max_chunk_pixels: int = DEFAULT_MAX_CHUNK_PIXELS,
     tile: int = DEFAULT_TILE,
+    class_thresholds: Mapping[int, float] | None = None,
 ) -> list[SegmentationResult]:
     """Instance segmentation, as ``post_process_instance_segmentation`` (ids shifted by +1).
 
     Mask2Former and MaskFormer ignore `mask_threshold` and `overlap_mask_area_threshold`
     (as transformers does). OneFormer uses them, and `thing_ids` keeps only those labels
     (transformers' ``task_type="panoptic"`` with its metadata's thing ids).
+    `class_thresholds` (model label -> score) replaces `threshold` for the labels it lists.
     """
     fam = _family(family)
     cls = class_queries_logits.float()
@@ -150,11 +156,11 @@ def post_process_instance(
                 cls[i], masks[i], grids(_spatial_size(masks), size), threshold=threshold,
                 mask_threshold=mask_threshold,
                 overlap_mask_area_threshold=overlap_mask_area_threshold, thing_ids=thing_ids,
-                max_chunk_pixels=max_chunk_pixels))
+                max_chunk_pixels=max_chunk_pixels, class_thresholds=class_thresholds))
         else:
             grid = grids(_spatial_size(masks), native)
             results.append(_instance_by_mask_score(cls[i], masks[i], grid, size, threshold,
-                                                   max_chunk_pixels))
+                                                   max_chunk_pixels, class_thresholds))
     return results
 
 
@@ -167,11 +173,11 @@ def _top_queries(cls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
 
 def _instance_by_merge(cls: torch.Tensor, masks: torch.Tensor, grid: Grid, *, threshold: float,
                        mask_threshold: float, overlap_mask_area_threshold: float,
-                       thing_ids: Collection[int] | None,
-                       max_chunk_pixels: int) -> SegmentationResult:
+                       thing_ids: Collection[int] | None, max_chunk_pixels: int,
+                       class_thresholds: Mapping[int, float] | None) -> SegmentationResult:
     """OneFormer instances: the top class scores, merged like panoptic segments."""
     scores, labels, queries = _top_queries(cls)
-    keep = scores > threshold
+    keep = scores > threshold_of(labels, threshold, class_thresholds)
     if thing_ids is not None:
         keep &= torch.isin(labels, torch.tensor(sorted(thing_ids), device=labels.device))
     if not keep.any():
@@ -184,14 +190,17 @@ def _instance_by_merge(cls: torch.Tensor, masks: torch.Tensor, grid: Grid, *, th
 
 
 def _instance_by_mask_score(cls: torch.Tensor, masks: torch.Tensor, grid: Grid,
-                            size: tuple[int, int], threshold: float,
-                            max_chunk_pixels: int) -> SegmentationResult:
+                            size: tuple[int, int], threshold: float, max_chunk_pixels: int,
+                            class_thresholds: Mapping[int, float] | None) -> SegmentationResult:
     """Mask2Former/MaskFormer instances: score = class score x mean probability over the
     mask's positive pixels; binary masks (at the `grid` size) resized by nearest, each later
     instance overwriting earlier ones. Only tiles where a mask may be positive are computed."""
     scores, labels, queries = _top_queries(cls)
     # The mean mask probability is at most 1, so lower class scores can never pass.
-    maybe = scores * (1 + 1e-6) >= threshold
+    minimum = threshold_of(labels, threshold, class_thresholds, dtype=torch.float64)
+    maybe = scores * (1 + 1e-6) >= minimum
+    if isinstance(minimum, torch.Tensor):
+        minimum = minimum[maybe]
     scores, labels, source = scores[maybe], labels[maybe], masks[queries[maybe]]
     if len(scores) == 0:
         return _empty(size, masks.device)
@@ -214,7 +223,7 @@ def _instance_by_mask_score(cls: torch.Tensor, masks: torch.Tensor, grid: Grid,
     seen = torch.zeros(len(scores), dtype=torch.bool, device=masks.device)
     seen[query[(positive & sampled[tile]).flatten(1).any(1)]] = True
     # Compared in float64: transformers compares each score's .item() to a Python float.
-    keep = seen & (final.double() >= threshold)
+    keep = seen & (final.double() >= minimum)
     if not keep.any():
         return _empty(size, masks.device)
     ids = torch.where(keep, torch.cumsum(keep, 0), 0).to(torch.int32)
@@ -249,16 +258,19 @@ def post_process_semantic(
     family: str = "mask2former",
     max_chunk_pixels: int = DEFAULT_MAX_CHUNK_PIXELS,
     tile: int = DEFAULT_TILE,
+    class_thresholds: Mapping[int, float] | None = None,
 ) -> list[SegmentationResult]:
     """Semantic segmentation, as ``post_process_semantic_segmentation``: one segment per
-    present class, ids 1..N ascending by class, label_id = class index, score None."""
+    present class, ids 1..N ascending by class, label_id = class index, score None.
+    `class_thresholds` (model label -> score): a query adds to a listed class only where its
+    probability of that class passes the threshold."""
     fam = _family(family)
     cls = class_queries_logits.float()
     masks = masks_queries_logits.float()
     native = fam.mid_size or _spatial_size(masks)
     between = torch.sigmoid if fam.mid_size is not None else None
     grids = _GridCache(fam, tile, masks.device, mid=True, between=between)
-    class_probs = cls.softmax(-1)[..., :-1]
+    class_probs = drop_below_class_thresholds(cls.softmax(-1)[..., :-1], class_thresholds)
     results = []
     for i, size in enumerate(_sizes(target_sizes, len(cls), native)):
         logits = masks[i]

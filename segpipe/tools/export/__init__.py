@@ -18,14 +18,11 @@ Only committed shards are exported. See `segpipe.tools.export.images` for how im
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from segpipe.destination.reader import (
-    AnnotatedImage,
     SegmentRow,
     categories,
-    iter_images,
     job_settings,
     open_destination,
     require_committed,
@@ -35,6 +32,7 @@ from segpipe.tools.export.coco_instances import write_coco_instances
 from segpipe.tools.export.images import ImageNaming, refuse_duplicate_cvat_names
 from segpipe.tools.export.labelstudio import labeling_config, write_tasks
 from segpipe.tools.export.output import open_text, sibling
+from segpipe.tools.export.selection import check_selection, select_images
 
 LABEL_CONFIG = "label_config.xml"
 
@@ -42,15 +40,19 @@ LABEL_CONFIG = "label_config.xml"
 def run_export(dst: str, *, format: str, out: str, image_prefix: str | None = None,
                storage_options: dict[str, Any] | None = None, min_score: float | None = None,
                image_root: str | None = None, things_only: bool | None = None,
-               from_name: str = "label", to_name: str = "image") -> dict[str, Any]:
+               from_name: str = "label", to_name: str = "image", order: str = "committed",
+               limit: int | None = None) -> dict[str, Any]:
     """Export DST's committed shards to `out` (a file URL); returns what was written.
 
     `min_score` drops segments scored below it (unscored semantic segments stay).
     `things_only` overrides the format's choice of segments. `from_name` / `to_name` name
-    the BrushLabels and Image tags of the Label Studio config.
+    the BrushLabels and Image tags of the Label Studio config. `order` and `limit` pick the
+    images (`segpipe.tools.export.selection`): `order="priority", limit=N` exports the N
+    images that most need a reviewer.
     """
     if format not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, not {format!r}")
+    check_selection(order, limit)
     folder = open_destination(dst, storage_options)
     shards = require_committed(folder)
     settings = job_settings(folder)
@@ -63,8 +65,7 @@ def run_export(dst: str, *, format: str, out: str, image_prefix: str | None = No
     def keep(seg: SegmentRow) -> bool:
         return seg.is_thing or not things_only
 
-    def images(segments: bool = True) -> Iterator[AnnotatedImage]:
-        return iter_images(folder, shards=shards, segments=segments, min_score=min_score)
+    images = select_images(folder, shards, order=order, limit=limit, min_score=min_score)
 
     result: dict[str, Any] = {"format": format, "out": out, "shards": len(shards)}
     if format == "labelstudio":

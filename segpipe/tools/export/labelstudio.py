@@ -2,8 +2,10 @@
 
 One task per image: `{"data": {"image": URI, "segpipe_image_id": "..."},
 "predictions": [{"model_version", "score", "result": [...]}]}`, one `brushlabels` result
-per segment. The prediction's score is the mean of its segments' scores (Label Studio
-sorts and samples tasks by it); semantic runs have no scores and leave it out. The image
+per segment. The prediction's score is the image's review priority (in [0, 1], higher:
+review first; Label Studio sorts and samples tasks by it, so sort by prediction score
+descending), or, for destinations written before priorities existed, the mean of its
+segments' scores (left out when there are none, as in semantic runs). The image
 id is a string because the Label Studio UI is JavaScript, whose numbers lose 63-bit ints.
 
 Object-store URIs (`s3://`, `gs://`) load in Label Studio once the project has a cloud
@@ -46,7 +48,9 @@ def to_task(image: AnnotatedImage, segments: list[SegmentRow], *, naming: ImageN
     result = [_result(image, seg, from_name, to_name) for seg in segments]
     prediction: dict[str, Any] = {"model_version": _model_version(image), "result": result}
     scores = [s.score for s in segments if s.score is not None]
-    if scores:
+    if image.review_priority is not None:
+        prediction["score"] = round(float(image.review_priority), 6)
+    elif scores:
         prediction["score"] = round(float(np.mean(scores)), 6)
     data = {"image": naming.uri(image), "segpipe_image_id": str(image.image_id)}
     return {"data": data, "predictions": [prediction]}
