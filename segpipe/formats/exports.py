@@ -6,4 +6,4 @@ without importing the export stack.
 
 from __future__ import annotations
 
-EXPORT_FORMATS = ("labelstudio", "cvat", "coco-instance")
+EXPORT_FORMATS = ("labelstudio", "cvat", "coco-instance", "coco-panoptic", "coco-results")
