@@ -238,3 +238,18 @@ def test_cli_and_job_spec_take_the_new_formats(scenes, tmp_path, capsys):
                                   "image_files": "link"}}]}
     (step,) = parse_spec(spec, source="job.yaml", env={}).steps
     assert step.format == "coco-panoptic" and step.options["image_files"] == "link"
+
+
+def test_labelstudio_local_files_prefix_names_paths_below_the_document_root(scenes, tmp_path):
+    # Label Studio serves /data/local-files/?d=<path below LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT>.
+    gt, dst = scenes
+    out = tmp_path / "tasks.json"
+    run_export(str(dst), format="labelstudio", out=str(out),
+               image_prefix="/data/local-files/?d=", image_root=str(gt.parent))
+    run_export(str(dst), format="labelstudio", out=str(tmp_path / "sub.json"),
+               image_prefix="/data/local-files/?d=scenes", image_root=str(gt.parent))
+    urls = sorted(t["data"]["image"] for t in json.loads(out.read_text()))
+    names = sorted(p.name for p in (gt / "images").iterdir())
+    assert urls == [f"/data/local-files/?d=gt/images/{n}" for n in names]
+    assert sorted(t["data"]["image"] for t in json.loads((tmp_path / "sub.json").read_text())) == [
+        f"/data/local-files/?d=scenes/gt/images/{n}" for n in names]
