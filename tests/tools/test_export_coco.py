@@ -253,3 +253,14 @@ def test_labelstudio_local_files_prefix_names_paths_below_the_document_root(scen
     assert urls == [f"/data/local-files/?d=gt/images/{n}" for n in names]
     assert sorted(t["data"]["image"] for t in json.loads((tmp_path / "sub.json").read_text())) == [
         f"/data/local-files/?d=scenes/gt/images/{n}" for n in names]
+
+
+@pytest.mark.parametrize("format, option, flag", [
+    ("labelstudio", {"ids_from": "gt.json"}, "--ids-from"),
+    ("coco-instance", {"image_files": "copy"}, "--images"),
+    ("coco-results", {"string_ids": True}, "--string-ids"),
+])
+def test_options_of_other_formats_are_refused(tmp_path, format, option, flag):
+    with pytest.raises(ValueError, match=f"{flag} does not apply to {format}"):
+        run_export(str(tmp_path / "no-dst"), format=format, out=str(tmp_path / "o"), **option)
+    assert not (tmp_path / "o").exists()

@@ -67,6 +67,8 @@ def run_export(dst: str, *, format: str, out: str, image_prefix: str | None = No
     """
     if format not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, not {format!r}")
+    _refuse_options_of_other_formats(format, ids_from=ids_from, string_ids=string_ids,
+                                     image_files=image_files, base_names=base_names)
     folder = open_destination(dst, storage_options)
     shards = require_committed(folder)
     settings = job_settings(folder)
@@ -124,3 +126,15 @@ def run_export(dst: str, *, format: str, out: str, image_prefix: str | None = No
             iscrowd=1 if format == "cvat" else 0, info=info, ids=ids))
     return result
 
+
+
+def _refuse_options_of_other_formats(format: str, **options: Any) -> None:
+    """An option the format ignores would look applied: refuse it, naming the format."""
+    applies = {"ids_from": ("coco-panoptic", "coco-results", "coco-instance", "cvat"),
+               "string_ids": ("coco-panoptic", "coco-instance", "cvat"),
+               "image_files": ("coco-panoptic",), "base_names": ("coco-instance",)}
+    for name, value in options.items():
+        if value and format not in applies[name]:
+            flag = "--images" if name == "image_files" else "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} does not apply to {format} "
+                             f"(only to {', '.join(applies[name])})")
