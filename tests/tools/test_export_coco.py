@@ -220,6 +220,14 @@ def test_coco_panoptic_export_on_s3_equals_the_local_one(scenes, tmp_path, bucke
         assert remote.read_bytes(key) == (local / key).read_bytes()
     with pytest.raises(ValueError, match="linked only into a local folder"):
         run_export(str(dst), format="coco-panoptic", out=f"s3://{bucket}/l", image_files="link")
+    assert remote.list("l") == []
+
+    run_export(str(dst), format="coco-results", out=str(tmp_path / "results.json"),
+               ids_from=str(gt / "panoptic.json"))
+    run_export(str(dst), format="coco-results", out=f"s3://{bucket}/results.json",
+               ids_from=f"s3://{bucket}/gt/panoptic.json")
+    assert Folder(f"s3://{bucket}").read_bytes("results.json") == (
+        tmp_path / "results.json").read_bytes()
 
 
 def test_cli_and_job_spec_take_the_new_formats(scenes, tmp_path, capsys):
