@@ -106,13 +106,11 @@ def run_export(dst: str, *, format: str, out: str, image_prefix: str | None = No
             filtered=bool(things_only) or min_score is not None, info=info,
             storage_options=storage_options))
         return result
+    result["skipped"] = ids.check(images(segments=False), cats)
     if format == "coco-results":
-        result["skipped"] = ids.check(images(segments=False), cats)
         with open_text(out, storage_options) as f:
             result.update(write_coco_results(f, images(), keep=keep, ids=ids))
         return result
-
-    result["skipped"] = ids.check(images(segments=False), cats)
     if format == "coco-instance":
         file_name = base_name if base_names else naming.uri
         if base_names:
@@ -125,7 +123,6 @@ def run_export(dst: str, *, format: str, out: str, image_prefix: str | None = No
             f, images=images, categories=cats, keep=keep, file_name=file_name,
             iscrowd=1 if format == "cvat" else 0, info=info, ids=ids))
     return result
-
 
 
 def _refuse_options_of_other_formats(format: str, **options: Any) -> None:

@@ -56,7 +56,8 @@ class ExportIds:
         if ids_from is None:
             return cls(string_ids=string_ids)
         if string_ids:
-            raise ValueError("string ids and ids from a ground truth exclude each other")
+            raise ValueError("--string-ids and --ids-from exclude each other: the ground truth's ids "
+                             "are written as it has them")
         document = _read_json(ids_from, storage_options)
         return cls(image_ids=_image_ids(document, ids_from),
                    category_ids={c["name"]: int(c["id"]) for c in document.get("categories", [])},
