@@ -184,8 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=EXPORT_FORMATS,
                    help="coco-instance: COCO instance JSON with RLE masks (thing segments of "
                    "panoptic and semantic runs); cvat: the COCO 1.0 file CVAT imports as masks; "
-                   "labelstudio: Label Studio tasks with brush-mask predictions")
-    p.add_argument("--out", required=True, help="the file to write, local or any fsspec URL")
+                   "labelstudio: Label Studio tasks with brush-mask predictions; "
+                   "coco-panoptic: a COCO-panoptic dataset folder; coco-results: the detections "
+                   "list pycocotools' loadRes takes")
+    p.add_argument("--out", required=True, help="the file to write (the folder, for "
+                   "coco-panoptic), local or any fsspec URL")
     p.add_argument("--image-prefix", default=None, help="name images by HTTP URL: this prefix "
                    "replaces --image-root in each source URI (e.g. https://cdn.example.com/lake/)")
     p.add_argument("--image-root", default=None, help="the part of the source URIs that "
@@ -204,6 +207,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "reviewer first (the images table's review_priority)")
     p.add_argument("--limit", type=int, default=None, help="export only the first N images of "
                    "--order (with --order priority: the N that most need a reviewer)")
+    p.add_argument("--subset", default="default", help="coco-panoptic: the subset's name in "
+                   "annotations/panoptic_<subset>.json and images/<subset>/ (default)")
+    p.add_argument("--ids-from", default=None, help="coco-panoptic, coco-results, coco-instance, "
+                   "cvat: a COCO or COCO-panoptic ground truth whose image ids (matched by base "
+                   "file name) and category ids (matched by name) the export takes")
+    p.add_argument("--skip-unmatched", action="store_true", help="with --ids-from: leave out "
+                   "images the ground truth does not name (default: refuse them)")
+    p.add_argument("--string-ids", action="store_true", help="write image ids as JSON strings, "
+                   "for readers in JavaScript (whose numbers lose 63-bit ids)")
+    p.add_argument("--images", dest="image_files", choices=("copy", "link"), default=None,
+                   help="coco-panoptic: copy or symlink (local only) the images into images/<subset>/")
+    p.add_argument("--base-names", action="store_true", help="coco-instance: name images by "
+                   "base file name, not URI (Datumaro refuses absolute names)")
     p.add_argument("--storage-options", type=_json_object, default=None)
     p.set_defaults(func=cmd_export)
 
@@ -301,11 +317,16 @@ def cmd_export(args: argparse.Namespace) -> int:
                         image_prefix=args.image_prefix, image_root=args.image_root,
                         storage_options=args.storage_options, min_score=args.min_score,
                         things_only=args.things_only, from_name=args.from_name,
-                        to_name=args.to_name, order=args.order, limit=args.limit)
+                        to_name=args.to_name, order=args.order, limit=args.limit,
+                        subset=args.subset, ids_from=args.ids_from,
+                        skip_unmatched=args.skip_unmatched, string_ids=args.string_ids,
+                        image_files=args.image_files, base_names=args.base_names)
     print(f"wrote {counts['images']} images and {counts['annotations']} annotations from "
           f"{counts['shards']} committed shards to {counts['out']}")
     if "label_config" in counts:
         print(f"  Label Studio labeling config: {counts['label_config']}")
+    if counts.get("skipped"):
+        print(f"  left out {counts['skipped']} images that {args.ids_from} does not name")
     return 0
 
 

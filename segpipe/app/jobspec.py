@@ -12,8 +12,8 @@ or, for one annotate job, the short form ``annotate: {...}`` in place of ``steps
 
 - ``annotate`` takes JobConfig's fields, with the same names; ``src`` and ``dst`` are required.
   An unknown field is refused, naming the field and the file.
-- ``export`` takes ``format`` (labelstudio, cvat or coco-instance), ``out``, an optional ``dst``
-  (default: the dst of the annotate step before it) and further options for
+- ``export`` takes ``format`` (one of ``segpipe.formats.exports.EXPORT_FORMATS``), ``out``,
+  an optional ``dst`` (default: the dst of the annotate step before it) and further options for
   ``segpipe.tools.export.run_export``.
 - String values may name environment variables as ``${VAR}`` or ``${VAR:-default}``, so that
   buckets and dates come from the environment; an unset or empty variable without a default is

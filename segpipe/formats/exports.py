@@ -6,4 +6,4 @@ without importing the export stack.
 
 from __future__ import annotations
 
-EXPORT_FORMATS = ("coco-instance", "cvat", "labelstudio")
+EXPORT_FORMATS = ("coco-instance", "cvat", "labelstudio", "coco-panoptic", "coco-results")

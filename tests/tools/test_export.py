@@ -306,7 +306,8 @@ def test_cli_job_specs_and_run_export_offer_one_list_of_formats(capsys):
     assert re.findall(r"[a-z]+(?:-[a-z]+)?", choices) == offered
     for name in offered:
         assert parser.parse_args(["export", "d", "--format", name, "--out", "o"]).format == name
-    assert sorted(offered) == ["coco-instance", "cvat", "labelstudio"]
+    assert sorted(offered) == ["coco-instance", "coco-panoptic", "coco-results", "cvat",
+                               "labelstudio"]
 
 
 def test_the_cli_checks_formats_without_importing_the_export_stack():

@@ -18,41 +18,51 @@ from typing import IO, Any
 
 from segpipe.destination.reader import AnnotatedImage, SegmentRow
 from segpipe.labels import Category
+from segpipe.tools.export.ids import ExportIds
 from segpipe.tools.export.output import JsonArrayWriter
 
 
 def write_coco_instances(out: IO[str], *, images: Callable[..., Iterable[AnnotatedImage]],
                          categories: tuple[Category, ...], keep: Callable[[SegmentRow], bool],
                          file_name: Callable[[AnnotatedImage], str], iscrowd: int,
-                         info: dict[str, Any]) -> dict[str, int]:
+                         info: dict[str, Any], ids: ExportIds | None = None) -> dict[str, int]:
     """Stream one COCO instance JSON. `images(segments=...)` is called once per section,
-    without segments for the images section."""
+    without segments for the images section. `ids` gives the image and category ids
+    (default: ours); images it has no id for are left out."""
+    ids = ids or ExportIds()
     out.write('{"info":' + json.dumps(info))
     out.write(',"licenses":[]')
-    out.write(',"categories":' + json.dumps([_category(c) for c in categories]))
+    out.write(',"categories":' + json.dumps(
+        [coco_category(c, ids.category_id(c.id, c.name)) for c in categories]))
     out.write(',"images":')
     section = JsonArrayWriter(out)
     section.open()
     for image in images(segments=False):
-        section.add({"id": image.image_id, "file_name": file_name(image),
-                     "width": image.width, "height": image.height})
+        image_id = ids.image_id(image)
+        if image_id is not None:
+            section.add({"id": image_id, "file_name": file_name(image),
+                         "width": image.width, "height": image.height})
     section.close()
     out.write(',"annotations":')
     annotations = JsonArrayWriter(out)
     annotations.open()
     for image in images(segments=True):
+        image_id = ids.image_id(image)
+        if image_id is None:
+            continue
         for seg in image.segments:
             if keep(seg):
-                annotations.add(_annotation(annotations.count + 1, image, seg, iscrowd))
+                annotations.add(_annotation(annotations.count + 1, image_id, seg, iscrowd,
+                                            ids.category_id(seg.category_id, seg.category_name)))
     annotations.close()
     out.write("}")
     return {"images": section.count, "annotations": annotations.count}
 
 
-def _annotation(ann_id: int, image: AnnotatedImage, seg: SegmentRow,
-                iscrowd: int) -> dict[str, Any]:
+def _annotation(ann_id: int, image_id: int | str, seg: SegmentRow, iscrowd: int,
+                category_id: int) -> dict[str, Any]:
     assert seg.rle is not None, "segments must be read with their RLE"
-    ann = {"id": ann_id, "image_id": image.image_id, "category_id": seg.category_id,
+    ann: dict[str, Any] = {"id": ann_id, "image_id": image_id, "category_id": category_id,
            "segmentation": {"size": list(seg.rle["size"]), "counts": seg.rle["counts"]},
            "area": seg.area, "bbox": list(seg.bbox), "iscrowd": iscrowd}
     if seg.score is not None:
@@ -60,6 +70,6 @@ def _annotation(ann_id: int, image: AnnotatedImage, seg: SegmentRow,
     return ann
 
 
-def _category(c: Category) -> dict[str, Any]:
-    return {"id": c.id, "name": c.name, "supercategory": c.name, "isthing": int(c.isthing),
+def coco_category(c: Category, category_id: int | None = None) -> dict[str, Any]:
+    return {"id": c.id if category_id is None else category_id, "name": c.name, "supercategory": c.name, "isthing": int(c.isthing),
             "color": list(c.color)}

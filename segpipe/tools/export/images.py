@@ -8,6 +8,9 @@ named by `image_root` is replaced by the prefix and the rest is percent-encoded:
                                 -> https://cdn.example.com/lake/raw/2026/a%20b.jpg
     with image_root="s3://lake/raw/"  -> https://cdn.example.com/lake/2026/a%20b.jpg
 
+A prefix that ends in `=` takes the path as a query value, with no slash before it:
+`--image-prefix '/data/local-files/?d=lake'` names Label Studio's local files (see README).
+
 A URI outside `image_root` is an error, never a silently wrong link. An image inside a
 container (a tar member, a Parquet row) has no URI of its own: it is named
 `<container URI>#<member>`, and tools cannot load it without extracting it first.
@@ -35,7 +38,7 @@ class ImageNaming:
         if self.image_prefix is None:
             base = image.image_uri
         else:
-            base = self.image_prefix.rstrip("/") + "/" + quote(self.relative(image.image_uri))
+            base = join_prefix(self.image_prefix, quote(self.relative(image.image_uri)))
         return base if image.member is None else f"{base}#{quote(image.member)}"
 
     def relative(self, uri: str) -> str:
@@ -53,6 +56,14 @@ class ImageNaming:
         if self.image_root is not None and image.member is None:
             return self.relative(path)
         return posixpath.basename(path.split("?", 1)[0])
+
+
+def join_prefix(prefix: str, relative: str) -> str:
+    """`prefix` + `relative`, one slash between them, none after a query's `=`: Label
+    Studio's local files take `/data/local-files/?d=<path below its document root>`."""
+    if prefix.endswith("="):
+        return prefix + relative
+    return prefix.rstrip("/") + "/" + relative
 
 
 def default_root(uri: str) -> str:
