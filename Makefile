@@ -43,7 +43,7 @@ $(LS_VENV)/bin/label-studio:
 	$(LS_VENV)/bin/python -m pip install --quiet label-studio
 
 test-labelstudio: $(STAMP) $(LS_VENV)/bin/label-studio
-	SEGPIPE_LABEL_STUDIO=$(LS_VENV)/bin/label-studio $(PY) -m pytest -q -m slow \
+	SEGPIPE_LABEL_STUDIO=$(CURDIR)/$(LS_VENV)/bin/label-studio $(PY) -m pytest -q -m slow \
 		tests/review/test_labelstudio_server.py
 
 lint: $(STAMP)

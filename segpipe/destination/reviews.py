@@ -84,14 +84,14 @@ def segments_with_review_status(dst: Folder, shards: Shards | None = None) -> pa
 
 def images_with_review_status(dst: Folder, shards: Shards | None = None) -> pa.Table:
     """The committed images table plus `review_status` (`reviewed` | `pending`) and
-    `review_import_id` (the import that holds the image's review, or null)."""
+    `review_import_id` (the import that holds the image's review, or null). A review is of
+    the run whose pre-labels it corrected: a later run's rows of the image are pending."""
     images = table_dataset(dst, "images", shards).to_table()
-    latest: dict[int, str] = {}
-    for record in committed_imports(reviewed_document(dst)):
-        for image_id in record["image_ids"]:
-            latest[int(image_id)] = record["import_id"]
-    ids = images.column("image_id").to_pylist()
-    imports = [latest.get(i) for i in ids]
+    document = reviewed_document(dst) or {}
+    reviewed = {(a.get("segpipe_prelabel_run_id"), a["image_id"]): a.get("segpipe_import_id")
+                for a in document.get("annotations", [])}
+    imports = [reviewed.get((run, image)) for run, image in zip(
+        images.column("run_id").to_pylist(), images.column("image_id").to_pylist(), strict=True)]
     images = images.append_column("review_status", pa.array(
         [PENDING if i is None else REVIEWED for i in imports], pa.string()))
     return images.append_column("review_import_id", pa.array(imports, pa.string()))

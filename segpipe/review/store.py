@@ -94,6 +94,7 @@ def _merged(document: dict[str, Any] | None, the_id: str, images: list[PreparedI
                                         "width": target.width, "height": target.height}
         annotations[target.image_id] = {
             "image_id": target.image_id, "segpipe_import_id": the_id,
+            "segpipe_prelabel_run_id": target.run_id,
             "file_name": layout.reviewed_png_name(the_id, target.image_id),
             "segments_info": image.segments_info}
     info = dict(document.get("info", {"description": "segpipe reviewed labels"}))
