@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from segpipe.core.errors import SegpipeError
 from segpipe.core.identity import duplicate_ids
 from segpipe.core.identity import image_id as name_hash
 from segpipe.destination.reader import AnnotatedImage
@@ -30,7 +31,7 @@ from segpipe.labels import Category
 SHOWN = 5  # how many unmatched names an error lists
 
 
-class GroundTruthMismatch(ValueError):
+class GroundTruthMismatch(SegpipeError, ValueError):
     """The ground-truth file and the destination do not name the same images or labels."""
 
 
