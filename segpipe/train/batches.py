@@ -60,7 +60,7 @@ def augment(image: np.ndarray, ids: np.ndarray, rng: random.Random, *, flip: boo
 
 
 def _resize(image: np.ndarray, height: int, width: int, resample: Image.Resampling) -> np.ndarray:
-    return np.asarray(Image.fromarray(image).resize((width, height), resample))
+    return np.array(Image.fromarray(image).resize((width, height), resample))
 
 
 def _resize_ids(ids: np.ndarray, height: int, width: int) -> np.ndarray:
