@@ -84,6 +84,10 @@ def add_job_options(p: argparse.ArgumentParser, *, required: bool = True) -> Non
                    "being read whole (268435456, 256 MiB)")
     g.add_argument("--incremental", action="store_true", default=S,
                    help="annotate only images not yet annotated at DST, as a new run")
+    g.add_argument("--new-model", action="store_true", default=S,
+                   help="re-label DST with a new model version (e.g. from `segpipe finetune`): "
+                   "a new run over every image of SRC, recorded with its model; readers take "
+                   "the newest run's labels per image")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=S,
                    help="log lines instead of a progress bar")
     g = p.add_argument_group("source and storage")

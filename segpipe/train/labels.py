@@ -44,9 +44,10 @@ def _norm(name: str) -> str:
 
 def plan_labels(categories: list[dict[str, Any]], base: LabelSet, num_base_labels: int) -> LabelPlan:
     """Map the dataset's categories onto the base model's label indices by name."""
-    ordered = sorted(({"id": int(c["id"]), "name": str(c["name"]), "isthing": int(c["isthing"]),
-                       "color": list(c.get("color") or _color(int(c["id"])))} for c in categories),
-                     key=lambda c: c["id"])
+    ordered: list[dict[str, Any]] = sorted(
+        ({"id": int(c["id"]), "name": str(c["name"]), "isthing": int(c["isthing"]),
+          "color": list(c.get("color") or _color(int(c["id"])))} for c in categories),
+        key=lambda c: int(c["id"]))
     by_name: dict[str, int] = {}
     for index in range(num_base_labels):
         if index in base.model_to_category:

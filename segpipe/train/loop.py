@@ -8,7 +8,6 @@ step all workers agree on.
 from __future__ import annotations
 
 import math
-import os
 import random
 import tempfile
 from typing import Any
@@ -174,7 +173,3 @@ def _move_optimizer(optimizer: torch.optim.Optimizer, device: torch.device) -> N
             if isinstance(value, torch.Tensor) and key != "step":
                 per_param[key] = value.to(device)
 
-
-def worker_env() -> dict[str, str]:
-    """Spinning OpenMP threads crawl on a shared CPU; passive waiting does not."""
-    return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}

@@ -15,7 +15,7 @@ from segpipe.train.checkpoints import STATE_FILE, TrainState, checkpoint_root, r
 from segpipe.train.config import FinetuneConfig, FinetuneError
 from segpipe.train.dataset import Dataset, read_dataset, split
 from segpipe.train.labels import LabelPlan, plan_labels
-from segpipe.train.loop import train_loop, worker_env
+from segpipe.train.loop import train_loop
 from segpipe.train.progress import ProgressBoard, ProgressPrinter
 from segpipe.train.save import publish
 
@@ -79,8 +79,7 @@ def finetune(settings: FinetuneConfig) -> dict[str, Any]:
         run_config=RunConfig(
             name=settings.run_name(), storage_path=storage_path, storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=0),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            worker_runtime_env={"env_vars": worker_env()}),
+            checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
     with ProgressPrinter(board, enabled=settings.progress):
         try:
