@@ -71,21 +71,13 @@ def write_checkpoint(folder: str, model: Any, processor: Any, plan: LabelPlan,
 
 
 def read_checkpoint(folder: str, model: Any, optimizer: torch.optim.Optimizer | None) -> TrainState:
-    """Load the checkpoint's weights into `model` (and optimizer state); its TrainState."""
-    from safetensors.torch import load_file
+    """Load the checkpoint's weights into `model` (and optimizer state); its TrainState.
 
-    weights = load_file(os.path.join(folder, MODEL_DIR, "model.safetensors"))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    # save_pretrained leaves out tied weights; anything else missing means a wrong model.
-    if unexpected or any(not _tied(model, name) for name in missing):
-        raise RuntimeError(f"checkpoint {folder} does not fit the model: missing {missing}, "
-                           f"unexpected {unexpected}")
+    The weights load through `from_pretrained`, which knows how transformers names them on
+    disk; a strict copy into `model` then fails loudly on a checkpoint of another model."""
+    restored = type(model).from_pretrained(os.path.join(folder, MODEL_DIR), use_safetensors=True)
+    model.load_state_dict(restored.state_dict())
     saved = torch.load(os.path.join(folder, STATE_FILE), weights_only=True)
     if optimizer is not None:
         optimizer.load_state_dict(saved["optimizer"])
     return TrainState(**saved["state"])
-
-
-def _tied(model: Any, name: str) -> bool:
-    buffers = dict(model.named_buffers())
-    return name in buffers  # non-persistent or derived buffers the constructor fills in
