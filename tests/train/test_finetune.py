@@ -76,7 +76,7 @@ def test_empty_images_and_crowd_segments_train_from_s3_to_s3(tmp_path, bucket):
     summary = finetune(settings(scenes, "builtin:demo", out, epochs=1, val_fraction=0.5))
     assert summary["epochs"] == 1 and math.isfinite(summary["history"][0]["loss"])
     assert summary["pq_before"] is not None and summary["pq_after"] is not None
-    assert Folder(f"s3://{bucket}/models/tuned.checkpoints").list("")  # checkpoints on S3 too
+    assert Folder(f"s3://{bucket}/models").list("tuned.checkpoints")  # checkpoints on S3 too
     loaded = load_model(out, device="cpu")
     assert [c.name for c in loaded.label_set.categories] == [c["name"] for c in CATEGORIES]
 
