@@ -19,6 +19,7 @@ from segpipe.core.config import (
 )
 from segpipe.formats.exports import EXPORT_FORMATS
 from segpipe.review.commands import add_review_commands
+from segpipe.train.commands import add_finetune_command
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -110,6 +111,10 @@ def _add_job_options(p: argparse.ArgumentParser, *, required: bool) -> None:
                    "being read whole ({default})")
     g.add_argument("--incremental", action="store_true", default=S,
                    help="annotate only images not yet annotated at DST, as a new run")
+    g.add_argument("--new-model", action="store_true", default=S,
+                   help="re-label DST with a new model version (e.g. from `segpipe finetune`): "
+                   "a new run over every image of SRC, recorded with its model; readers take "
+                   "the newest run's labels per image")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=S,
                    help="log lines instead of a progress bar")
     g = p.add_argument_group("source and storage")
@@ -248,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     add_review_commands(sub, _json_object)
+    add_finetune_command(sub, _json_object)
     return parser
 
 

@@ -77,7 +77,7 @@ def annotate(config: JobConfig) -> dict[str, Any]:
         dst.write_json(layout.failed(run_id, sid), {"shard_id": sid, "error": error})
     # One listing of what is committed now serves both: each is a full listing on a store.
     shards = committed_shards(dst)
-    if state.incremental:
+    if state.incremental or state.new_model:
         write_superseded(dst, run_id, state.run.created_at, shards)
     write_merged_panoptic(dst, shards=shards)
     summary = _summarize(config, state, committed_before, result, started, progress)

@@ -123,6 +123,9 @@ class JobConfig:
     shard_timeout: float | None = None
     node_wait: float = 600.0  # seconds a job waits for a node that can host a worker
     incremental: bool = False
+    # Re-label an existing destination with another model (a new version): a new run over
+    # every image; readers then take its labels. Without it another model is refused.
+    new_model: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:

@@ -41,6 +41,8 @@ class DestinationMismatch(SegpipeError, RuntimeError):
 SOURCE_FIELDS = ("src", "source_format", "image_column", "uri_column", "id_column")
 # Recorded once the model has loaded; unknown (None) when the checkpoint's files were not found.
 WEIGHTS_FIELD = "weights_sha256"
+# What `--new-model` may change on a destination that holds work: the model, nothing else.
+MODEL_FIELDS = ("model", "revision", WEIGHTS_FIELD)
 
 
 @dataclass(frozen=True)
@@ -48,17 +50,25 @@ class RunState:
     run: RunContext
     plan: Plan
     incremental: bool  # as recorded when the run started, whatever a resume's flags say
+    new_model: bool = False  # the run re-labels the destination with a new model version
 
 
 def stored_settings(dst: Folder) -> dict[str, Any] | None:
     return dst.read_json(layout.JOB)["fingerprint"] if dst.exists(layout.JOB) else None
 
 
-def setting_differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    """What differs, as "name: old -> new". A setting that one side does not record (a
-    destination written before segpipe recorded it, weights not found) is not compared."""
+def setting_differences(stored: dict[str, Any], wanted: dict[str, Any],
+                        allowed: tuple[str, ...] = ()) -> list[str]:
+    """What differs, as "name: old -> new", leaving out the `allowed` settings. A setting
+    that one side does not record (a destination written before segpipe recorded it,
+    weights not found) is not compared."""
     return [f"{k}: {stored[k]!r} -> {wanted[k]!r}" for k in sorted(set(stored) & set(wanted))
-            if stored[k] != wanted[k] and not (k == WEIGHTS_FIELD and None in (stored[k], wanted[k]))]
+            if stored[k] != wanted[k] and k not in allowed
+            and not (k == WEIGHTS_FIELD and None in (stored[k], wanted[k]))]
+
+
+def allowed_changes(config: JobConfig) -> tuple[str, ...]:
+    return MODEL_FIELDS if config.new_model else ()
 
 
 def check_settings(dst: Folder, config: JobConfig) -> None:
@@ -69,7 +79,7 @@ def check_settings(dst: Folder, config: JobConfig) -> None:
     planned and recorded for the old settings.
     """
     stored = stored_settings(dst)
-    diffs = setting_differences(stored, config.fingerprint()) if stored else []
+    diffs = setting_differences(stored, config.fingerprint(), allowed_changes(config)) if stored else []
     if not diffs:
         return
     _refuse_if_committed(dst, config, diffs)
@@ -89,7 +99,7 @@ def record_settings(dst: Folder, config: JobConfig, weights_sha256: str | None) 
     wanted = {**config.fingerprint(), WEIGHTS_FIELD: weights_sha256}
     stored = stored_settings(dst)
     if stored is not None:
-        diffs = setting_differences(stored, wanted)
+        diffs = setting_differences(stored, wanted, allowed_changes(config))
         if diffs:
             _refuse_if_committed(dst, config, diffs)
         elif all(k in stored and (v is None or stored[k] == v) for k, v in wanted.items()):
@@ -148,7 +158,10 @@ def prepare_run(dst: Folder, config: JobConfig, source: Any) -> RunState:
         latest = runs[-1]
         record = dst.read_json(layout.run_record(latest))
         ended = session_outcome(dst, latest)
-        if not (config.incremental and ended is not None):
+        new_version = config.new_model and _model_of(record["config"]) != _model_of(config.to_dict())
+        if new_version and source_of(record["config"]) != source_of(config.to_dict()):
+            raise DestinationMismatch(_other_source(config, latest, record, "complete"))
+        if not (config.incremental and ended is not None) and not new_version:
             if source_of(record["config"]) != source_of(config.to_dict()):
                 if ended != "complete" and not committed_shards(dst, latest):
                     log.warning("run %s of %s committed nothing and was planned from another "
@@ -159,6 +172,10 @@ def prepare_run(dst: Folder, config: JobConfig, source: Any) -> RunState:
             return _open_run(dst, config, source, record)
     record = {"run_id": f"{len(runs) + 1:05d}", "started_at": datetime.now(timezone.utc).isoformat(),
               "config": config.to_dict(), "incremental": config.incremental}
+    if config.new_model and runs:  # recorded: this run is a new model version's re-labeling
+        previous = dst.read_json(layout.run_record(runs[-1]))["config"]
+        record["new_model"] = {"replaces_run": runs[-1], "previous": _model_of(previous),
+                               "model": _model_of(config.to_dict())}
     dst.write_json(layout.run_record(record["run_id"]), record)
     return _open_run(dst, config, source, record)
 
@@ -173,7 +190,11 @@ def _open_run(dst: Folder, config: JobConfig, source: Any, record: dict[str, Any
         shard_size = int(record["config"].get("shard_size") or config.shard_size)
         skip = seen_filter(dst) if incremental else None
         plan = write_plan(source, dst, run_id, shard_size, skip=skip)
-    return RunState(run, plan, incremental)
+    return RunState(run, plan, incremental, new_model=bool(record.get("new_model")))
+
+
+def _model_of(config: dict[str, Any]) -> dict[str, Any]:
+    return {"model": config.get("model"), "revision": config.get("revision")}
 
 
 def _other_source(config: JobConfig, run_id: str, record: dict[str, Any], ended: str | None) -> str:

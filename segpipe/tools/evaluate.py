@@ -287,6 +287,13 @@ def _result(
     }
 
 
+def scores(total: PQStat, categories: list[dict[str, Any]]) -> dict[str, Any]:
+    """All / Things / Stuff PQ, SQ, RQ and per-category scores of summed per-image stats."""
+    result = _result(total, categories, {}, {})
+    del result["images"]
+    return result
+
+
 def format_report(result: dict[str, Any]) -> str:
     """The result as text tables, scores x100 as the COCO tools print them."""
     lines = [f"{'':<10}|{'PQ':>7}{'SQ':>7}{'RQ':>7}{'N':>5}", "-" * 37]

@@ -1,0 +1,54 @@
+"""Panoptic quality on the held-out split, with the same post-processing `annotate` uses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from segpipe.model import postprocess
+from segpipe.tools.evaluate import PQStat, pq_single_image, scores
+from segpipe.train.dataset import Example, load_example
+from segpipe.train.labels import LabelPlan
+
+
+def _segments_of(ids: np.ndarray, category_of: dict[int, int], crowd: set[int]) -> dict[int, dict]:
+    labels, counts = np.unique(ids, return_counts=True)
+    return {int(k): {"category_id": category_of[int(k)], "area": int(n),
+                     "iscrowd": int(int(k) in crowd)}
+            for k, n in zip(labels.tolist(), counts.tolist(), strict=True)
+            if int(k) in category_of}
+
+
+@torch.inference_mode()
+def held_out_pq(model: Any, processor: Any, examples: Sequence[Example], plan: LabelPlan, *,
+                family: str, device: torch.device, batch_size: int = 8,
+                storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """PQ / SQ / RQ (All, Things, Stuff, per category) of `model` on `examples`."""
+    was_training = model.training
+    model.eval()
+    stuff = {i for i, c in enumerate(plan.categories) if not c["isthing"]}
+    total = PQStat()
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        loaded = [load_example(e, storage_options or {}) for e in chunk]
+        kwargs: dict[str, Any] = {"return_tensors": "pt"}
+        if family == "oneformer":
+            kwargs["task_inputs"] = ["panoptic"] * len(chunk)
+        inputs = processor(images=[image for image, _ in loaded], **kwargs)
+        tensors = {k: v.to(device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        outputs = model(**tensors)
+        results = postprocess.post_process_panoptic(
+            outputs.class_queries_logits.float(), outputs.masks_queries_logits.float(),
+            [ids.shape for _, ids in loaded], label_ids_to_fuse=stuff, family=family)
+        for example, (_, gt_ids), result in zip(chunk, loaded, results, strict=True):
+            gt = {s.id: s.category_id for s in example.segments}
+            crowd = {s.id for s in example.segments if s.iscrowd}
+            pred_ids = result.id_map.to("cpu", torch.int32).numpy()
+            pred = {s.segment_id: int(plan.categories[s.label_id]["id"]) for s in result.segments}
+            total.add(pq_single_image(gt_ids, _segments_of(gt_ids, gt, crowd), pred_ids,
+                                      _segments_of(pred_ids, pred, set())))
+    model.train(was_training)
+    return scores(total, plan.categories)
