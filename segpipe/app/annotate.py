@@ -7,9 +7,11 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
+from segpipe.app.phases import Phases
 from segpipe.app.progress import Progress
 from segpipe.core.config import JobConfig
 from segpipe.core.records import CommitMarker, ShardResult
@@ -29,7 +31,7 @@ from segpipe.model.segmenter import Segmenter
 from segpipe.runtime.cluster import cpu_threads_per_worker, default_num_workers, init_ray
 from segpipe.runtime.pool import PoolResult, ShardPool
 from segpipe.runtime.worker import WorkerSpec, peak_rss_mb
-from segpipe.sources import open_source
+from segpipe.sources import Source, open_source
 
 log = logging.getLogger(__name__)
 
@@ -41,25 +43,15 @@ class JobFailed(RuntimeError):
 def annotate(config: JobConfig) -> dict[str, Any]:
     """Run the job to the end; returns the run summary (also written to DST)."""
     started = time.time()
+    phases = Phases()
     dst = Folder(config.dst, config.storage_options)
-    source = open_source(config.src, source_format=config.source_format,
-                         storage_options=config.storage_options, image_column=config.image_column,
-                         uri_column=config.uri_column, id_column=config.id_column,
-                         max_image_bytes=config.max_image_bytes,
-                         allow_uri_schemes=config.uri_schemes,
-                         allow_private_hosts=config.allow_private_hosts)
-    check_settings(dst, config)
-    state = prepare_run(dst, config, source)
+    # Ray starts (seconds of processes) while this thread's planning lists the source.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan") as planner:
+        planned = planner.submit(phases.timed, "plan", _plan, config, dst)
+        with phases.phase("ray_start"):
+            init_ray(config.address, dashboard=config.dashboard)
+        source, state, committed_before, todo = planned.result()
     run_id = state.run.run_id
-    # Markers of shards committed by earlier sessions of this run: read once, for the progress
-    # bar's start and the run summary.
-    committed_before = {sid: CommitMarker.from_json(dst.read_json(layout.commit(run_id, sid)))
-                        for _, sid in committed_shards(dst, run_id)}
-    todo = [sid for sid in state.plan.shard_ids() if sid not in committed_before]
-    log.info("run %s: %d shards planned, %d committed, %d to do", run_id,
-             state.plan.num_shards, len(committed_before), len(todo))
-
-    init_ray(config.address)
     num_workers = config.num_workers or default_num_workers(config.gpus_per_worker)
     segmenter = Segmenter(
         config.model, task=config.task, revision=config.revision, dtype=config.dtype,
@@ -79,6 +71,8 @@ def annotate(config: JobConfig) -> dict[str, Any]:
                         enabled=config.progress, stream=sys.stderr)
 
     def loaded(workers: list[dict[str, Any]]) -> None:
+        if "to_first_worker_ready_s" not in phases.seconds:
+            phases.since_start("to_first_worker_ready")
         digests = {w["weights_sha256"] for w in workers}
         if len(digests) > 1:
             raise DestinationMismatch(f"workers loaded different weights for {config.model}: "
@@ -90,11 +84,14 @@ def annotate(config: JobConfig) -> dict[str, Any]:
     for sid, error in sorted(result.failed.items()):  # status reads these while no summary says
         dst.write_json(layout.failed(run_id, sid), {"shard_id": sid, "error": error})
     # One listing of what is committed now serves both: each is a full listing on a store.
-    shards = committed_shards(dst)
-    if state.incremental:
-        write_superseded(dst, run_id, state.run.created_at, shards)
-    write_merged_panoptic(dst, shards=shards)
+    phases.since_start("to_pool_end")
+    with phases.phase("merge"):
+        shards = committed_shards(dst)
+        if state.incremental:
+            write_superseded(dst, run_id, state.run.created_at, shards)
+        write_merged_panoptic(dst, shards=shards)
     summary = _summarize(config, state, committed_before, result, started, progress)
+    summary["phases"] = _phases_summary(phases, result, started)
     dst.write_json(layout.summary(run_id), summary)
     if result.failed:
         raise JobFailed(f"{len(result.failed)} shard(s) failed: "
@@ -105,6 +102,36 @@ def annotate(config: JobConfig) -> dict[str, Any]:
                         f"({summary['error_rate']:.1%} > --max-error-rate {config.max_error_rate:.1%}); "
                         "see the errors table")
     return summary
+
+
+def _plan(config: JobConfig, dst: Folder) -> tuple[Source, RunState, dict[str, CommitMarker], list[str]]:
+    """Guard the destination and plan the run: the source, the run's state, the markers of
+    shards committed by earlier sessions of this run, and the shard ids still to do."""
+    source = open_source(config.src, source_format=config.source_format,
+                         storage_options=config.storage_options, image_column=config.image_column,
+                         uri_column=config.uri_column, id_column=config.id_column,
+                         max_image_bytes=config.max_image_bytes,
+                         allow_uri_schemes=config.uri_schemes,
+                         allow_private_hosts=config.allow_private_hosts)
+    check_settings(dst, config)
+    state = prepare_run(dst, config, source)
+    run_id = state.run.run_id
+    # Read once, for the progress bar's start and the run summary.
+    committed_before = {sid: CommitMarker.from_json(dst.read_json(layout.commit(run_id, sid)))
+                        for _, sid in committed_shards(dst, run_id)}
+    todo = [sid for sid in state.plan.shard_ids() if sid not in committed_before]
+    log.info("run %s: %d shards planned, %d committed, %d to do", run_id,
+             state.plan.num_shards, len(committed_before), len(todo))
+    return source, state, committed_before, todo
+
+
+def _phases_summary(phases: Phases, result: PoolResult, started: float) -> dict[str, float]:
+    """The phases, with when this session's first shard started and its last one ended."""
+    shards = list(result.committed.values())
+    if shards:
+        phases.seconds["to_first_shard_s"] = min(r.started_at for r in shards) - started
+        phases.seconds["after_last_shard_s"] = time.time() - max(r.finished_at for r in shards)
+    return phases.as_dict()
 
 
 def _fault_shard() -> str | None:

@@ -117,6 +117,7 @@ class JobConfig:
     node_wait: float = 600.0  # seconds a job waits for a node that can host a worker
     incremental: bool = False
     progress: bool = True
+    dashboard: bool = False  # a local Ray's dashboard: a process of its own, started only if asked
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
