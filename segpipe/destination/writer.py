@@ -41,6 +41,8 @@ class ShardWriter:
         self.writes.put(png_key, coco.id_map_to_png(pred.id_map))
         semantic_key = self._write_semantic(pred) if self.run.task == "semantic" else None
         stats = coco.segment_stats(pred.id_map)
+        rles = coco.encode_rles(pred.id_map, [s.segment_id for s in pred.segments
+                                              if s.segment_id in stats])
         segments_info = []
         for seg in pred.segments:
             if seg.segment_id not in stats:  # transformers can report a segment with no pixels left
@@ -55,7 +57,7 @@ class ShardWriter:
                 "image_id": ref.image_id, "image_uri": uri, "segment_id": seg.segment_id,
                 "category_id": cat.id, "category_name": cat.name, "is_thing": cat.isthing,
                 "score": score, "area": area, "bbox": bbox,
-                "rle": coco.encode_rle(pred.id_map == seg.segment_id),
+                "rle": rles[seg.segment_id],
                 "image_height": height, "image_width": width, "model": self.run.model,
                 "model_revision": self.run.revision, "task": self.run.task,
                 "created_at": self.run.created_at, "review_status": "pending",
