@@ -40,7 +40,7 @@ def stage_times(data: bytes, repeat: int, batch: int) -> dict[str, float]:
 
     torch.set_num_threads(1)
     from segpipe.core.records import ImageRef
-    from segpipe.formats import coco, tables
+    from segpipe.formats import coco
     from segpipe.model.segmenter import ForwardedBatch, Segmenter
     from segpipe.pipeline.decode import decode_image
 

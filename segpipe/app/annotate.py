@@ -62,7 +62,8 @@ def annotate(config: JobConfig) -> dict[str, Any]:
     spec = WorkerSpec(source, segmenter, dst, state.run, config.batch_size, config.read_threads,
                       config.max_image_pixels,
                       torch_threads=cpu_threads_per_worker(num_workers, config.gpus_per_worker),
-                      read_timeout=config.read_timeout, fault=_fault_shard())
+                      read_timeout=config.read_timeout, fault=_fault_shard(),
+                      cpu_threads=max(1, int(config.cpus_per_worker)))
     pool = ShardPool(spec, num_workers=num_workers, gpus_per_worker=config.gpus_per_worker,
                      cpus_per_worker=config.cpus_per_worker, max_attempts=config.max_attempts,
                      shard_timeout=config.shard_timeout, node_wait=config.node_wait)

@@ -7,7 +7,6 @@ runs, the reader, status, the tools) learns what is committed here, from commit 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
 from typing import TYPE_CHECKING
 
 import pyarrow as pa

@@ -6,25 +6,38 @@ A panoptic PNG stores segment id = R + 256*G + 256^2*B; 0 is void.
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from typing import Any
 
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-
 # zlib level of the PNGs written: an id map is flat regions that level 1 already packs tight
-# (a 1920x1080 map: 33 KB against 10 KB at Pillow's default 6), in half the time.
+# (a 1920x1080 map: about 45 KB, against 10 KB from Pillow at its default 6), in a fraction
+# of the time.
 PNG_COMPRESS_LEVEL = 1
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def id_map_to_png(id_map: np.ndarray) -> bytes:
+    """An 8-bit RGB PNG of the ids. Written here rather than by Pillow: Pillow tries five
+    row filters on every row of an RGB image, which costs more than the compression and
+    gains nothing on flat regions; rows here are unfiltered, and zlib releases the GIL."""
     ids = id_map.astype(np.uint32, copy=False)
-    rgb = np.empty((*ids.shape, 3), np.uint8)
+    height, width = ids.shape
+    rows = np.zeros((height, 1 + 3 * width), np.uint8)  # each row: filter type 0, then RGB
+    rgb = rows[:, 1:].reshape(height, width, 3)
     rgb[..., 0], rgb[..., 1], rgb[..., 2] = ids, ids >> 8, ids >> 16  # uint8 keeps the low byte
-    buf = io.BytesIO()
-    Image.fromarray(rgb, "RGB").save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buf.getvalue()
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit truecolor
+    return b"".join([PNG_SIGNATURE, _png_chunk(b"IHDR", header),
+                     _png_chunk(b"IDAT", zlib.compress(rows.data, PNG_COMPRESS_LEVEL)),
+                     _png_chunk(b"IEND", b"")])
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def png_to_id_map(data: bytes) -> np.ndarray:

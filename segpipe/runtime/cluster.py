@@ -50,9 +50,9 @@ def init_ray(address: str | None, *, dashboard: bool = False) -> None:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     address = address or os.environ.get("RAY_ADDRESS") or None
     # Ray refuses dashboard settings when joining a cluster: that cluster has its own.
-    local = {"include_dashboard": dashboard} if address is None else {}
     ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True,
-             logging_level=logging.WARNING, **local)
+             logging_level=logging.WARNING,
+             include_dashboard=dashboard if address is None else None)
 
 
 def cluster_resources() -> tuple[float, float]:

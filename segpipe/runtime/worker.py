@@ -31,6 +31,8 @@ class WorkerSpec:
     max_pixels: int
     torch_threads: int | None = None
     read_timeout: float | None = None  # seconds per image read; None: no limit
+    # Threads for the worker's per-image CPU work (decode, post-process, encode): its CPUs.
+    cpu_threads: int = 1
     fault: str | None = None  # test hook: a shard id that always fails, named in SEGPIPE_FAULT_SHARD
 
 
@@ -69,7 +71,7 @@ class ShardWorker:
             shard, source=spec.source, segmenter=spec.segmenter, dst=spec.dst, run=spec.run,
             batch_size=spec.batch_size, attempt=attempt, read_threads=spec.read_threads,
             max_pixels=spec.max_pixels, read_timeout=spec.read_timeout,
-            model_lock=self.model_lock,
+            model_lock=self.model_lock, cpu_threads=spec.cpu_threads,
         )
         self.metrics.record(result)
         return dataclasses.replace(result, pid=os.getpid(), peak_rss_mb=peak_rss_mb())
