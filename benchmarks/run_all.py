@@ -22,6 +22,8 @@ BENCHMARKS = {
     "plan": ["-m", "benchmarks.plan"],
     "postprocess": ["-m", "benchmarks.postprocess"],
     "e2e": ["-m", "benchmarks.e2e"],
+    "peers": ["-m", "benchmarks.peers"],
+    "stages": ["-m", "benchmarks.stages"],
 }
 
 
@@ -102,6 +104,37 @@ def e2e_notes() -> list[str]:
     ]
 
 
+def peers_section() -> list[str]:
+    """segpipe against the transformers loop and Ray Data, per corpus (benchmarks/peers.py)."""
+    peers = load("peers")
+    if not peers:
+        return ["No figures yet: run `python -m benchmarks.peers`."]
+    lines = ["`python -m benchmarks.peers --cpus-per-worker 1 2`: the same JPEGs (synthetic "
+             "scenes rendered at the corpus's size with sensor-like grain, quality 90), "
+             "`builtin:demo`, batch 8, thresholds 0.5 / 0.5 / 0.8, local files, in one run. "
+             "Steady: segpipe's worker busy with shards, the loop after its first image, Ray "
+             "Data between its first and last batch; fixed: wall less steady time. Machine CPU "
+             "counts every process of the machine, others' work included.", "",
+             f"One run on {peers['cores']} cores; load average (1, 5, 15 min) after the run "
+             f"{peers['load_avg_after']}, and before each contender in its row: above "
+             f"{peers['cores']}, the machine was shared with other work and every figure is "
+             "slower than on an idle one.", "",
+             "| corpus | contender | wall s | steady ms/image | fixed s | machine CPU s/image "
+             "| load before |", "|---|---|---|---|---|---|---|"]
+    for corpus in peers["results"]:
+        for x in corpus["rows"]:
+            who = x["contender"] + (f" (--cpus-per-worker {x['cpus_per_worker']:g})"
+                                    if x["contender"] == "segpipe" else "")
+            lines.append(f"| {x['images']} x {corpus['corpus']} | {who} | {x['wall_s']} | "
+                         f"{x['steady_ms_per_image']} | {x['fixed_s']} | "
+                         f"{x['machine_cpu_s_per_image']} | {x['load_avg_1m_before']} |")
+    lines += ["", "| corpus | ratios (peer's time over segpipe's) |", "|---|---|"]
+    lines += [f"| {c['images']} x {c['corpus']} | "
+              + ", ".join(f"{k} {v}" for k, v in c["ratios"].items()) + " |"
+              for c in peers["results"]]
+    return lines
+
+
 def cpu_cores() -> str:
     """The CPU machine as its end-to-end run recorded it."""
     tp = load("e2e_throughput")
@@ -133,6 +166,7 @@ def render() -> None:
              f"## CPU ({cpu_cores()}: the development and CI machine)", "",
              "| what | measured | figure | target | |", "|---|---|---|---|---|", *rows(), "",
              *e2e_notes(), "",
+             "## Against its peers on real-size images", "", *peers_section(), "",
              "## GPU", "", *gpu_section(), ""]
     DOC.write_text("\n".join(lines))
 
