@@ -84,8 +84,8 @@ def annotate(config: JobConfig) -> dict[str, Any]:
         result = pool.run(todo, lambda shard: progress.update(shard.marker), on_ready=loaded)
     for sid, error in sorted(result.failed.items()):  # status reads these while no summary says
         dst.write_json(layout.failed(run_id, sid), {"shard_id": sid, "error": error})
-    # One listing of what is committed now serves both: each is a full listing on a store.
     phases.since_start("to_pool_end")
+    # One listing of what is committed now serves both: each is a full listing on a store.
     with phases.phase("merge"):
         shards = committed_shards(dst)
         if state.incremental:
