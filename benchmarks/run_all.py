@@ -111,7 +111,7 @@ def peers_section() -> list[str]:
         return ["No figures yet: run `python -m benchmarks.peers`."]
     quick = [] if load("peers") else [
         "**Only a quick run so far** (`--quick`, small corpora, on a machine loaded by other "
-        "work): the full corpora's figures need the command above on a quiet machine.", ""]
+        "work): the full corpora's figures need the command below, run once on a quiet machine.", ""]
     lines = [*quick, "`python -m benchmarks.peers --cpus-per-worker 1 2`: the same JPEGs (synthetic "
              "scenes rendered at the corpus's size with sensor-like grain, quality 90), "
              "`builtin:demo`, batch 8, thresholds 0.5 / 0.5 / 0.8, local files, in one run. "
