@@ -110,8 +110,9 @@ def peers_section() -> list[str]:
     if not peers:
         return ["No figures yet: run `python -m benchmarks.peers`."]
     quick = [] if load("peers") else [
-        "**Only a quick run so far** (`--quick`, small corpora, on a machine loaded by other "
-        "work): the full corpora's figures need the command below, run once on a quiet machine.", ""]
+        "**Quick runs only so far** (`--quick`: 40 x 640x480 and 16 x 1920x1080, plus the "
+        "400 x 640x480 corpus; on a machine loaded by other work, see each row's load): the "
+        "full corpora's figures need the command below, run once on a quiet machine.", ""]
     lines = [*quick, "`python -m benchmarks.peers --cpus-per-worker 1 2`: the same JPEGs (synthetic "
              "scenes rendered at the corpus's size with sensor-like grain, quality 90), "
              "`builtin:demo`, batch 8, thresholds 0.5 / 0.5 / 0.8, local files, in one run. "
