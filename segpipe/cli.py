@@ -117,6 +117,8 @@ def _add_job_options(p: argparse.ArgumentParser, *, required: bool) -> None:
                    "the newest run's labels per image")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=S,
                    help="log lines instead of a progress bar")
+    g.add_argument("--dashboard", action="store_true", default=S,
+                   help="start the Ray dashboard with a local Ray (off: it costs seconds of start-up)")
     g = p.add_argument_group("source and storage")
     g.add_argument("--source-format", choices=SOURCE_FORMATS, default=S,
                    help="kind of SRC (default: picked from SRC)")
@@ -275,6 +277,9 @@ def _print_outputs(dst: str, summary: dict[str, Any]) -> None:
         from segpipe.sources.base import describe_skipped
 
         print(f"  skipped:       {describe_skipped(summary['skipped'])} (listed, not planned)")
+    if summary.get("phases"):
+        print("  phases:        " + ", ".join(f"{k.removesuffix('_s')} {v:.1f} s"
+                                             for k, v in summary["phases"].items()))
     print(f"  COCO panoptic: {root}/panoptic.json  (PNGs in {root}/panoptic/)")
     print(f"  tables:        {root}/tables/segments/  {root}/tables/images/  {root}/tables/errors/")
     print(f"  run summary:   {root}/_segpipe/runs/{summary['run_id']}/summary.json")

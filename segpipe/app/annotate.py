@@ -7,9 +7,11 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
+from segpipe.app.phases import Phases
 from segpipe.app.progress import Progress
 from segpipe.core.config import JobConfig
 from segpipe.core.errors import SegpipeError
@@ -29,7 +31,7 @@ from segpipe.io.storage import Folder
 from segpipe.runtime.cluster import cpu_threads_per_worker, default_num_workers, init_ray
 from segpipe.runtime.pool import PoolResult, ShardPool
 from segpipe.runtime.worker import WorkerSpec, peak_rss_mb
-from segpipe.sources import source_from_config
+from segpipe.sources import Source, source_from_config
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +43,15 @@ class JobFailed(SegpipeError, RuntimeError):
 def annotate(config: JobConfig) -> dict[str, Any]:
     """Run the job to the end; returns the run summary (also written to DST)."""
     started = time.time()
+    phases = Phases()
     dst = Folder(config.dst, config.storage_options)
-    source = source_from_config(config)
-    check_settings(dst, config)
-    state = prepare_run(dst, config, source)
+    # Ray starts (seconds of processes) while this thread's planning lists the source.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan") as planner:
+        planned = planner.submit(phases.timed, "plan", _plan, config, dst)
+        with phases.phase("ray_start"):
+            init_ray(config.address, dashboard=config.dashboard)
+        source, state, committed_before, todo = planned.result()
     run_id = state.run.run_id
-    # Markers of shards committed by earlier sessions of this run: read once, for the progress
-    # bar's start and the run summary.
-    committed_before = {sid: CommitMarker.from_json(dst.read_json(layout.commit(run_id, sid)))
-                        for _, sid in committed_shards(dst, run_id)}
-    todo = [sid for sid in state.plan.shard_ids() if sid not in committed_before]
-    log.info("run %s: %d shards planned, %d committed, %d to do", run_id,
-             state.plan.num_shards, len(committed_before), len(todo))
-
-    init_ray(config.address)
     num_workers = config.num_workers or default_num_workers(config.gpus_per_worker)
     spec = WorkerSpec.from_config(
         config, source=source, dst=dst, run=state.run, fault=_fault_shard(),
@@ -65,6 +62,8 @@ def annotate(config: JobConfig) -> dict[str, Any]:
                         enabled=config.progress, stream=sys.stderr)
 
     def loaded(workers: list[dict[str, Any]]) -> None:
+        if "to_first_worker_ready_s" not in phases.seconds:
+            phases.since_start("to_first_worker_ready")
         digests = {w["weights_sha256"] for w in workers}
         if len(digests) > 1:
             raise DestinationMismatch(f"workers loaded different weights for {config.model}: "
@@ -75,12 +74,15 @@ def annotate(config: JobConfig) -> dict[str, Any]:
         result = pool.run(todo, lambda shard: progress.update(shard.marker), on_ready=loaded)
     for sid, error in sorted(result.failed.items()):  # status reads these while no summary says
         dst.write_json(layout.failed(run_id, sid), {"shard_id": sid, "error": error})
+    phases.since_start("to_pool_end")
     # One listing of what is committed now serves both: each is a full listing on a store.
-    shards = committed_shards(dst)
-    if state.incremental or state.new_model:
-        write_superseded(dst, run_id, state.run.created_at, shards)
-    write_merged_panoptic(dst, shards=shards)
+    with phases.phase("merge"):
+        shards = committed_shards(dst)
+        if state.incremental or state.new_model:
+            write_superseded(dst, run_id, state.run.created_at, shards)
+        write_merged_panoptic(dst, shards=shards)
     summary = _summarize(config, state, committed_before, result, started, progress)
+    summary["phases"] = _phases_summary(phases, result, started)
     dst.write_json(layout.summary(run_id), summary)
     if result.failed:
         raise JobFailed(f"{len(result.failed)} shard(s) failed: "
@@ -91,6 +93,31 @@ def annotate(config: JobConfig) -> dict[str, Any]:
                         f"({summary['error_rate']:.1%} > --max-error-rate {config.max_error_rate:.1%}); "
                         "see the errors table")
     return summary
+
+
+def _plan(config: JobConfig, dst: Folder) -> tuple[Source, RunState, dict[str, CommitMarker], list[str]]:
+    """Guard the destination and plan the run: the source, the run's state, the markers of
+    shards committed by earlier sessions of this run, and the shard ids still to do."""
+    source = source_from_config(config)
+    check_settings(dst, config)
+    state = prepare_run(dst, config, source)
+    run_id = state.run.run_id
+    # Read once, for the progress bar's start and the run summary.
+    committed_before = {sid: CommitMarker.from_json(dst.read_json(layout.commit(run_id, sid)))
+                        for _, sid in committed_shards(dst, run_id)}
+    todo = [sid for sid in state.plan.shard_ids() if sid not in committed_before]
+    log.info("run %s: %d shards planned, %d committed, %d to do", run_id,
+             state.plan.num_shards, len(committed_before), len(todo))
+    return source, state, committed_before, todo
+
+
+def _phases_summary(phases: Phases, result: PoolResult, started: float) -> dict[str, float]:
+    """The phases, with when this session's first shard started and its last one ended."""
+    shards = list(result.committed.values())
+    if shards:
+        phases.seconds["to_first_shard_s"] = min(r.started_at for r in shards) - started
+        phases.seconds["after_last_shard_s"] = time.time() - max(r.finished_at for r in shards)
+    return phases.as_dict()
 
 
 def _fault_shard() -> str | None:

@@ -127,6 +127,7 @@ class JobConfig:
     # every image; readers then take its labels. Without it another model is refused.
     new_model: bool = False
     progress: bool = True
+    dashboard: bool = False  # a local Ray's dashboard: a process of its own, started only if asked
 
     def __post_init__(self) -> None:
         if self.source_format is not None and self.source_format not in SOURCE_FORMATS:

@@ -7,9 +7,12 @@ runs, the reader, status, the tools) learns what is committed here, from commit 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
-import pyarrow.dataset as ds
+
+if TYPE_CHECKING:  # imported where a table is read: it costs the annotate driver a second
+    import pyarrow.dataset as ds
 
 from segpipe.core.errors import SegpipeError
 from segpipe.destination import layout
@@ -54,6 +57,8 @@ def table_dataset(dst: Folder, table: str, shards: Shards | None = None) -> ds.D
     """One table of the committed shards as a pyarrow dataset: the fixed schema plus the
     Hive `run` partition column (a string). Query it with pyarrow, DuckDB or Polars."""
     schema = tables.SCHEMAS[table].append(RUN_PARTITION)
+    import pyarrow.dataset as ds
+
     partitioning = ds.partitioning(pa.schema([RUN_PARTITION]), flavor="hive")
     return ds.dataset(table_files(dst, table, shards), schema=schema, format="parquet",
                       filesystem=dst.fs, partitioning=partitioning,

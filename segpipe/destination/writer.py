@@ -19,6 +19,17 @@ from segpipe.io.storage import Folder, ParallelWrites, redact, redact_uri
 from segpipe.labels import LabelSet
 
 
+@dataclass(frozen=True)
+class EncodedPrediction:
+    """One image's prediction with its pixel-sized outputs encoded (see `ShardWriter.encode`)."""
+
+    pred: Prediction
+    png: bytes
+    semantic_png: bytes | None
+    stats: dict[int, tuple[int, list[int]]]
+    rles: dict[int, dict[str, Any]]
+
+
 @dataclass
 class ShardWriter:
     dst: Folder
@@ -32,15 +43,32 @@ class ShardWriter:
     _rows: dict[str, list[dict[str, Any]]] = field(
         default_factory=lambda: {"segments": [], "images": [], "errors": []})
 
+    def encode(self, pred: Prediction) -> EncodedPrediction:
+        """The pixel-sized work for one image: its PNGs, segment stats and RLE. Depends on
+        nothing but `pred`, so several threads may encode while `add_encoded` keeps order."""
+        stats = coco.segment_stats(pred.id_map)
+        kept = [seg.segment_id for seg in pred.segments if seg.segment_id in stats]
+        semantic = coco.label_png(*self._semantic_map(pred)) if self.run.task == "semantic" else None
+        return EncodedPrediction(pred, coco.id_map_to_png(pred.id_map), semantic, stats,
+                                 coco.encode_rles(pred.id_map, kept))
+
     def add_prediction(self, pred: Prediction) -> None:
         """Encode and write one image's PNGs now; keep only its small rows for the shard files."""
+        self.add_encoded(self.encode(pred))
+
+    def add_encoded(self, encoded: EncodedPrediction) -> None:
+        """Write an encoded image's PNGs; keep its small rows for the shard files. Rows keep
+        the order of the calls, so call it in plan order."""
+        pred, stats = encoded.pred, encoded.stats
         ref = pred.image.ref
         uri = redact_uri(ref.uri)
         height, width = pred.id_map.shape
         png_key = layout.panoptic_png(self.run.run_id, ref.image_id)
-        self.writes.put(png_key, coco.id_map_to_png(pred.id_map))
-        semantic_key = self._write_semantic(pred) if self.run.task == "semantic" else None
-        stats = coco.segment_stats(pred.id_map)
+        self.writes.put(png_key, encoded.png)
+        semantic_key = None
+        if encoded.semantic_png is not None:
+            semantic_key = layout.semantic_png(self.run.run_id, ref.image_id)
+            self.writes.put(semantic_key, encoded.semantic_png)
         segments_info = []
         for seg in pred.segments:
             if seg.segment_id not in stats:  # transformers can report a segment with no pixels left
@@ -55,7 +83,7 @@ class ShardWriter:
                 "image_id": ref.image_id, "image_uri": uri, "segment_id": seg.segment_id,
                 "category_id": cat.id, "category_name": cat.name, "is_thing": cat.isthing,
                 "score": score, "area": area, "bbox": bbox,
-                "rle": coco.encode_rle(pred.id_map == seg.segment_id),
+                "rle": encoded.rles[seg.segment_id],
                 "image_height": height, "image_width": width, "model": self.run.model,
                 "model_revision": self.run.revision, "task": self.run.task,
                 "created_at": self.run.created_at, "review_status": "pending",
@@ -99,16 +127,15 @@ class ShardWriter:
         self.dst.write_json(layout.commit(run_id, sid), marker.to_json())
         return marker
 
-    def _write_semantic(self, pred: Prediction) -> str:
-        """Category id per pixel; void is the largest value of the PNG's bit depth."""
+    def _semantic_map(self, pred: Prediction) -> tuple[np.ndarray, int]:
+        """Category id per pixel, and the number of ids; void is the largest value of the
+        PNG's bit depth."""
         num = max((c.id for c in self.label_set.categories), default=0) + 1
         void = 255 if num <= 255 else 65535
         lut = np.full(int(pred.id_map.max()) + 1, void, dtype=np.int64)
         for seg in pred.segments:
             lut[seg.segment_id] = self.label_set.category(seg.label_id).id
-        key = layout.semantic_png(self.run.run_id, pred.image.ref.image_id)
-        self.writes.put(key, coco.label_png(lut[pred.id_map], num))
-        return key
+        return lut[pred.id_map], num
 
     def _image_row(self, ref: Any, width: int | None, height: int | None, digest: str | None,
                    num_segments: int, status: str, error: str | None, png_key: str | None,

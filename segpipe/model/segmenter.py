@@ -11,18 +11,21 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from segpipe.core.class_thresholds import ClassThresholds, read_class_thresholds
 from segpipe.core.config import TASK_THRESHOLDS, JobConfig, default_of
 from segpipe.core.items import DecodedImage, ImageFailure, Prediction
 from segpipe.io.storage import redact
-from segpipe.model import postprocess
-from segpipe.model.loading import LoadedModel, load_model
-from segpipe.model.postprocess import SegmentationResult
-from segpipe.model.postprocess.priority import review_priority
+
+# torch (and the model code that needs it) is imported where the model runs, on the worker:
+# the driver only builds and pickles a Segmenter, and torch's import costs it seconds.
+if TYPE_CHECKING:
+    import torch
+
+    from segpipe.model.loading import LoadedModel
+    from segpipe.model.postprocess import SegmentationResult
+
 
 
 @dataclass
@@ -41,6 +44,8 @@ class ForwardedBatch:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
@@ -76,6 +81,8 @@ class Segmenter:
 
     def setup(self) -> LoadedModel:
         if self.loaded is None:
+            from segpipe.model.loading import load_model
+
             loaded = load_model(
                 self.model, revision=self.revision, dtype=self.dtype, device=self.device,
                 label_map=self.label_map, allow_pickle_weights=self.allow_pickle_weights,
@@ -101,6 +108,8 @@ class Segmenter:
         """Preprocess and forward a batch, in order; on device out-of-memory, split it and
         retry the halves. The post-processing is left to `postprocess`, so that a pipeline can
         run it beside the next batch's forward."""
+        import torch
+
         if not images:
             return []
         try:
@@ -121,6 +130,8 @@ class Segmenter:
     def postprocess(self, forwarded: Sequence[ForwardedBatch | ImageFailure],
                     ) -> list[Prediction | ImageFailure]:
         """Post-process what `forward` returned: one result per image, in order."""
+        import torch
+
         results: list[Prediction | ImageFailure] = []
         for item in forwarded:
             if isinstance(item, ImageFailure):
@@ -138,29 +149,33 @@ class Segmenter:
                                                      for i in range(len(item.images))]))
         return results
 
-    @torch.inference_mode()
     def _forward(self, images: Sequence[DecodedImage]) -> ForwardedBatch:
+        import torch
+
         loaded = self.setup()
-        inputs = self._preprocess(loaded, images)
-        started = time.perf_counter()
-        outputs = loaded.model(**inputs)
-        if loaded.device.type == "cuda":
-            torch.cuda.synchronize(loaded.device)
+        with torch.inference_mode():
+            inputs = self._preprocess(loaded, images)
+            started = time.perf_counter()
+            outputs = loaded.model(**inputs)
+            if loaded.device.type == "cuda":
+                torch.cuda.synchronize(loaded.device)
         return ForwardedBatch(list(images), outputs.class_queries_logits,
                               outputs.masks_queries_logits, forward_s=time.perf_counter() - started)
 
-    @torch.inference_mode()
     def _postprocess_batch(self, item: ForwardedBatch) -> list[Prediction]:
+        import torch
+
         loaded = self.setup()
         sizes = [(int(img.pixels.shape[0]), int(img.pixels.shape[1])) for img in item.images]
-        results = self._segment_logits(loaded, item.class_logits.float(),
-                                       item.mask_logits.float(), sizes)
-        priorities = self._review_priorities(item).tolist()
-        return [
-            Prediction(image, result.id_map.to("cpu", torch.int32).numpy(), result.segments,
-                       review_priority=priority)
-            for image, result, priority in zip(item.images, results, priorities, strict=True)
-        ]
+        with torch.inference_mode():
+            results = self._segment_logits(loaded, item.class_logits.float(),
+                                           item.mask_logits.float(), sizes)
+            priorities = self._review_priorities(item).tolist()
+            return [
+                Prediction(image, result.id_map.to("cpu", torch.int32).numpy(), result.segments,
+                           review_priority=priority)
+                for image, result, priority in zip(item.images, results, priorities, strict=True)
+            ]
 
     def _review_priorities(self, item: ForwardedBatch) -> torch.Tensor:
         """Each image's review priority, from the logits on the device (semantic runs, which
@@ -168,9 +183,13 @@ class Segmenter:
         threshold = self.threshold if self.threshold is not None else TASK_THRESHOLDS[self.task]
         if self.task == "semantic":
             threshold = TASK_THRESHOLDS["panoptic"]
+        from segpipe.model.postprocess.priority import review_priority
+
         return review_priority(item.class_logits, item.mask_logits, threshold=threshold)
 
     def _preprocess(self, loaded: LoadedModel, images: Sequence[DecodedImage]) -> dict[str, Any]:
+        import torch
+
         # HWC uint8 -> CHW on the device; the processor's torchvision backend does the rest there.
         tensors = [
             torch.from_numpy(img.pixels).to(loaded.device, non_blocking=True).permute(2, 0, 1)
@@ -191,6 +210,8 @@ class Segmenter:
                         mask_logits: torch.Tensor, sizes: list[tuple[int, int]],
                         ) -> list[SegmentationResult]:
         """The task's post-processing of a batch's logits, on the model's device."""
+        from segpipe.model import postprocess
+
         threshold = self.threshold if self.threshold is not None else TASK_THRESHOLDS[self.task]
         if self.task == "semantic":
             return postprocess.post_process_semantic(

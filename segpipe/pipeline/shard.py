@@ -18,6 +18,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+from segpipe.core.concurrency import ordered_map
 from segpipe.core.config import default_of
 from segpipe.core.items import (
     DecodedImage,
@@ -28,7 +29,7 @@ from segpipe.core.items import (
     Shard,
     ShardResult,
 )
-from segpipe.destination.writer import ShardWriter
+from segpipe.destination.writer import EncodedPrediction, ShardWriter
 from segpipe.io.storage import Folder, ParallelWrites, redact
 from segpipe.model.segmenter import ForwardedBatch, Segmenter
 from segpipe.pipeline.decode import decode_image
@@ -126,9 +127,10 @@ def fetch_within(source: Source, refs: list[ImageRef], *, threads: int,
 
 
 def prefetch_decoded(source: Source, shard: Shard, *, read_threads: int, max_pixels: int,
-                     depth: int, read_timeout: float | None = None,
+                     depth: int, read_timeout: float | None = None, decode_threads: int = 1,
                      ) -> Iterator[DecodedImage | ImageFailure]:
-    """Fetched and decoded images in plan order, produced up to `depth` ahead on a thread."""
+    """Fetched and decoded images in plan order, produced up to `depth` ahead on a thread,
+    decoded on `decode_threads` (Pillow's decoders release the GIL)."""
 
     def fetched() -> Iterator[tuple[ImageRef, bytes | ImageFailure]]:
         """The source's fetch, with the refs whose names the plan withheld as failures, in
@@ -138,10 +140,17 @@ def prefetch_decoded(source: Source, shard: Shard, *, read_threads: int, max_pix
         for ref in shard.images:
             yield (ref, withheld_failure(ref)) if ref.locator == WITHHELD else next(readable)
 
+    def decode(fetched_image: tuple[ImageRef, bytes | ImageFailure]) -> DecodedImage | ImageFailure:
+        ref, data = fetched_image
+        return data if isinstance(data, ImageFailure) else decode_image(
+            ref, data, max_pixels=max_pixels)
+
     def decoded() -> Iterator[DecodedImage | ImageFailure]:
-        for ref, data in fetched():
-            yield data if isinstance(data, ImageFailure) else decode_image(
-                ref, data, max_pixels=max_pixels)
+        if decode_threads <= 1:
+            yield from map(decode, fetched())
+            return
+        for _, image in ordered_map(decode, fetched(), threads=decode_threads):
+            yield image
 
     # Not joined: the producer ends at its next item, or when its read returns or times out.
     feed = _Feed(decoded(), name=f"prefetch-{shard.shard_id}", depth=depth)
@@ -165,38 +174,52 @@ def process_shard(
     max_pixels: int = default_of("max_image_pixels"),
     read_timeout: float | None = None,
     model_lock: AbstractContextManager[Any] | None = None,
+    cpu_threads: int = 1,
 ) -> ShardResult:
     """Process and commit one shard; returns its commit marker and timings. Per-image failures
     become error rows; only a failure of the shard as a whole raises.
 
     Three stages overlap: a prefetch thread reads and decodes; this thread runs each
-    batch's preprocessing and forward; one finishing thread post-processes a batch and
-    encodes its outputs while the model works on the next (PNG uploads fan out from there).
-    The finishing thread being single keeps rows in submission order, so a retried shard
-    writes equal bytes.
+    batch's preprocessing and forward; finishing threads post-process batches and encode
+    their outputs while the model works on the next (PNG uploads fan out from there).
+    Decode and finishing each get `cpu_threads` threads: their work (Pillow, zlib, torch)
+    releases the GIL, so it spreads over the worker's CPUs. This thread adds the finished
+    batches' rows in submission order, so a retried shard writes equal bytes.
     """
     started_at = time.time()
     loaded = segmenter.setup()
     lock = model_lock or nullcontext()
     stats = ShardStats()
     batch: list[DecodedImage] = []
-    pending: deque[Future[None]] = deque()
+    pending: deque[Future[list[EncodedPrediction | ImageFailure]]] = deque()
+    threads = max(1, cpu_threads)
 
     with ParallelWrites(dst, read_threads) as writes, ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"finish-{shard.shard_id}") as finishing:
+            max_workers=threads, thread_name_prefix=f"finish-{shard.shard_id}") as finishing:
         writer = ShardWriter(dst, run, shard, loaded.label_set, writes, attempt=attempt)
 
-        def write(outputs: list[Prediction | ImageFailure]) -> None:
+        def finish(forwarded: list[ForwardedBatch | ImageFailure],
+                   ) -> list[EncodedPrediction | ImageFailure]:
+            return [writer.encode(out) if isinstance(out, Prediction) else out
+                    for out in segmenter.postprocess(forwarded)]
+
+        def write(outputs: list[EncodedPrediction | ImageFailure]) -> None:
             for out in outputs:
-                if isinstance(out, Prediction):
-                    writer.add_prediction(out)
+                if isinstance(out, EncodedPrediction):
+                    writer.add_encoded(out)
                 else:
                     writer.add_failure(out)
 
-        def submit(fn: Any, *args: Any) -> None:
-            pending.append(finishing.submit(fn, *args))
-            while len(pending) > 2:  # bounded: a batch's logits wait in memory until finished
-                pending.popleft().result()
+        def enqueue(future: Future[list[EncodedPrediction | ImageFailure]]) -> None:
+            pending.append(future)
+            # Bounded: a batch's logits wait in memory until finished.
+            while len(pending) > threads + 1:
+                write(pending.popleft().result())
+
+        def failed(item: ImageFailure) -> Future[list[EncodedPrediction | ImageFailure]]:
+            future: Future[list[EncodedPrediction | ImageFailure]] = Future()
+            future.set_result([item])
+            return future
 
         def flush() -> None:
             started = time.perf_counter()
@@ -205,15 +228,15 @@ def process_shard(
             stats.batch_seconds.append(time.perf_counter() - started)
             stats.forward_seconds += sum(f.forward_s for f in forwarded
                                          if isinstance(f, ForwardedBatch))
-            submit(lambda f=forwarded: write(segmenter.postprocess(f)))
+            enqueue(finishing.submit(finish, forwarded))
             batch.clear()
 
         try:
             for item in prefetch_decoded(source, shard, read_threads=read_threads,
                                          max_pixels=max_pixels, depth=2 * batch_size,
-                                         read_timeout=read_timeout):
+                                         read_timeout=read_timeout, decode_threads=threads):
                 if isinstance(item, ImageFailure):
-                    submit(write, [item])
+                    enqueue(failed(item))
                     continue
                 batch.append(item)
                 if len(batch) == batch_size:
@@ -221,7 +244,7 @@ def process_shard(
             if batch:
                 flush()
             while pending:
-                pending.popleft().result()
+                write(pending.popleft().result())
         finally:
             for future in pending:
                 future.cancel()

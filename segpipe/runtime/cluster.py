@@ -33,8 +33,9 @@ def forwarded_env(environ: Mapping[str, str]) -> dict[str, str]:
             if k in FORWARDED_ENV or k.startswith(FORWARDED_ENV_PREFIXES)}
 
 
-def init_ray(address: str | None) -> None:
-    """Join `address` (or RAY_ADDRESS), else start a local Ray; workers get our storage env."""
+def init_ray(address: str | None, *, dashboard: bool = False) -> None:
+    """Join `address` (or RAY_ADDRESS), else start a local Ray, with its dashboard only if
+    asked (a process of its own that slows the start); workers get our storage env."""
     if ray.is_initialized():
         return
     env = forwarded_env(os.environ)
@@ -47,9 +48,11 @@ def init_ray(address: str | None) -> None:
     # beside torch on a CPU worker (several times slower on few cores); GPU work is unaffected.
     if "OMP_WAIT_POLICY" not in os.environ and "OMP_WAIT_POLICY" not in job_env:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
-    ray.init(address=address or os.environ.get("RAY_ADDRESS") or None,
-             runtime_env={"env_vars": env},
-             log_to_driver=True, logging_level=logging.WARNING, include_dashboard=None)
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    # Ray refuses dashboard settings when joining a cluster: that cluster has its own.
+    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True,
+             logging_level=logging.WARNING,
+             include_dashboard=dashboard if address is None else None)
 
 
 def cluster_resources() -> tuple[float, float]:

@@ -32,6 +32,8 @@ class WorkerSpec:
     max_pixels: int
     torch_threads: int | None = None
     read_timeout: float | None = None  # seconds per image read; None: no limit
+    # Threads for the worker's per-image CPU work (decode, post-process, encode): its CPUs.
+    cpu_threads: int = 1
     fault: str | None = None  # test hook: a shard id that always fails, named in SEGPIPE_FAULT_SHARD
 
     @classmethod
@@ -39,7 +41,9 @@ class WorkerSpec:
                     torch_threads: int | None, fault: str | None = None) -> WorkerSpec:
         return cls(source, Segmenter.from_config(config), dst, run, config.batch_size,
                    config.read_threads, config.max_image_pixels, torch_threads=torch_threads,
-                   read_timeout=config.read_timeout, fault=fault)
+                   read_timeout=config.read_timeout,
+                   # Per-image CPU work spreads over the CPUs the worker declares.
+                   cpu_threads=max(1, int(config.cpus_per_worker)), fault=fault)
 
 
 @ray.remote(max_restarts=0)
@@ -77,7 +81,7 @@ class ShardWorker:
             shard, source=spec.source, segmenter=spec.segmenter, dst=spec.dst, run=spec.run,
             batch_size=spec.batch_size, attempt=attempt, read_threads=spec.read_threads,
             max_pixels=spec.max_pixels, read_timeout=spec.read_timeout,
-            model_lock=self.model_lock,
+            model_lock=self.model_lock, cpu_threads=spec.cpu_threads,
         )
         self.metrics.observe(result)
         return dataclasses.replace(result, pid=os.getpid(), peak_rss_mb=peak_rss_mb())

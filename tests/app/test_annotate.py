@@ -24,6 +24,10 @@ def test_local_to_local(tmp_path, tiny_model):
                                  batch_size=3, shard_size=3, num_workers=1, progress=False))
     assert summary["status"] == "complete"
     assert summary["shards"] == {"planned": 3, "committed": 3, "failed": 0}
+    phases = summary["phases"]  # the fixed costs, in the order a run meets them
+    assert phases["plan_s"] > 0 and phases["merge_s"] > 0
+    assert 0 < phases["to_first_worker_ready_s"] <= phases["to_first_shard_s"] + 1.0
+    assert phases["to_first_shard_s"] < phases["to_pool_end_s"]
     out = check_contract(Folder(str(dst)), [str(p) for p in paths])
     assert summary["segments"] == len(out["segments"]) > 0
     assert all(r["review_status"] == "pending" for r in out["segments"])

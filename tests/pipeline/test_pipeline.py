@@ -45,12 +45,19 @@ def test_parallel_writes_land_and_a_failed_write_is_raised(tmp_path):
             writes.wait()
 
 
-def _run_shard(src: Path, dst: Path, segmenter: Segmenter, batch_size: int) -> ShardResult:
+def _run_shard(src: Path, dst: Path, segmenter: Segmenter, batch_size: int,
+               cpu_threads: int = 1) -> ShardResult:
     source = open_source(str(src))
     refs = tuple(source.list_images())
     run = RunContext("00001", datetime(2026, 1, 1, tzinfo=timezone.utc), "tiny", None, "panoptic")
     return process_shard(Shard("s0", "00001", refs), source=source, segmenter=segmenter,
-                         dst=Folder(str(dst)), run=run, batch_size=batch_size, read_threads=3)
+                         dst=Folder(str(dst)), run=run, batch_size=batch_size, read_threads=3,
+                         cpu_threads=cpu_threads)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
 
 
 def test_overlapped_stages_write_the_same_bytes_every_time(tmp_path, tiny_model):
@@ -68,11 +75,7 @@ def test_overlapped_stages_write_the_same_bytes_every_time(tmp_path, tiny_model)
     assert 0 < first.forward_s <= first.finished_at - first.started_at
     assert len(first.batch_seconds) == 3  # 9 decoded images in batches of 4
 
-    def files(root: Path) -> dict[str, bytes]:
-        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-                if p.is_file()}
-
-    a, b = files(tmp_path / "a"), files(tmp_path / "b")
+    a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
     assert sum(k.startswith("panoptic/") for k in a) == 9
     assert a == b
 
@@ -88,3 +91,20 @@ def test_the_stored_marker_holds_the_counts_alone_and_the_result_adds_timings(tm
                       + str(result.marker.segments).encode() + b',"shard_id":"s0"}')
     assert CommitMarker.from_json(json.loads(stored)) == result.marker
     assert result.started_at < result.finished_at and len(result.batch_seconds) == 2
+
+
+def test_decode_and_finishing_on_several_threads_write_the_bytes_of_one(tmp_path, tiny_model):
+    """With --cpus-per-worker 3, three threads decode and three post-process and encode, and
+    batches finish out of order: the rows must still be added in plan order, so the shard's
+    files are the bytes a single thread writes, bad image's row included."""
+    src = tmp_path / "src"
+    write_images(src, 11, seed=5)
+    (src / "0-broken.png").write_bytes(b"not an image")
+    segmenter = Segmenter(tiny_model)
+    one = _run_shard(src, tmp_path / "one", segmenter, batch_size=2)
+    three = _run_shard(src, tmp_path / "three", segmenter, batch_size=2, cpu_threads=3)
+    assert (three.marker.images, three.marker.annotated, three.marker.errors) == (12, 11, 1)
+    assert three.marker == one.marker
+    a, b = _files(tmp_path / "one"), _files(tmp_path / "three")
+    assert sum(k.startswith("panoptic/") for k in b) == 11
+    assert a == b
