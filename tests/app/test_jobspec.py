@@ -75,7 +75,7 @@ def test_unknown_field_is_refused_naming_field_and_file(tmp_path):
     ("annotate: {src: a, dst: b}\nname: x\nname: y\n", r"'name' given twice"),
     ("steps: [{export: {format: cvat, out: o}}]\n", r"`dst:` is required"),
     ("steps: [{annotate: {src: a, dst: b}}, {export: {format: coco, out: o}}]\n",
-     r"format must be one of labelstudio, cvat, coco-instance"),
+     r"format must be one of coco-instance, cvat, labelstudio, coco-panoptic, coco-results"),
     ("annotate: {src: a, dst: b, storage_options: {secret: hunter2}}\n",
      r"storage_options\.secret: secrets don't belong in a job spec"),
 ])
