@@ -30,19 +30,8 @@ def write_coco_instances(out: IO[str], *, images: Callable[..., Iterable[Annotat
     without segments for the images section. `ids` gives the image and category ids
     (default: ours); images it has no id for are left out."""
     ids = ids or ExportIds()
-    out.write('{"info":' + json.dumps(info))
-    out.write(',"licenses":[]')
-    out.write(',"categories":' + json.dumps(
-        [coco_category(c, ids.category_id(c.id, c.name)) for c in categories]))
-    out.write(',"images":')
-    section = JsonArrayWriter(out)
-    section.open()
-    for image in images(segments=False):
-        image_id = ids.image_id(image)
-        if image_id is not None:
-            section.add({"id": image_id, "file_name": file_name(image),
-                         "width": image.width, "height": image.height})
-    section.close()
+    written = write_head_and_images(out, info=info, categories=categories, ids=ids,
+                                    images=images(segments=False), file_name=file_name)
     out.write(',"annotations":')
     annotations = JsonArrayWriter(out)
     annotations.open()
@@ -56,7 +45,32 @@ def write_coco_instances(out: IO[str], *, images: Callable[..., Iterable[Annotat
                                             ids.category_id(seg.category_id, seg.category_name)))
     annotations.close()
     out.write("}")
-    return {"images": section.count, "annotations": annotations.count}
+    return {"images": written, "annotations": annotations.count}
+
+
+def write_head_and_images(out: IO[str], *, info: dict[str, Any], categories: tuple[Category, ...],
+                          ids: ExportIds, images: Iterable[AnnotatedImage],
+                          file_name: Callable[[AnnotatedImage], str],
+                          on_image: Callable[[AnnotatedImage], None] | None = None) -> int:
+    """A COCO file's opening, shared by the instance and panoptic formats: info, licenses,
+    categories and the images section, ids as `ids` gives them (images without one are left
+    out; `on_image` sees each image written). Returns how many images were written."""
+    out.write('{"info":' + json.dumps(info) + ',"licenses":[]')
+    out.write(',"categories":' + json.dumps(
+        [coco_category(c, ids.category_id(c.id, c.name)) for c in categories]))
+    out.write(',"images":')
+    section = JsonArrayWriter(out)
+    section.open()
+    for image in images:
+        image_id = ids.image_id(image)
+        if image_id is None:
+            continue
+        section.add({"id": image_id, "file_name": file_name(image),
+                     "width": image.width, "height": image.height})
+        if on_image is not None:
+            on_image(image)
+    section.close()
+    return section.count
 
 
 def _annotation(ann_id: int, image_id: int | str, seg: SegmentRow, iscrowd: int,

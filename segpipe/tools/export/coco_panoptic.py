@@ -20,7 +20,6 @@ Images are copied as stored (`copy`, any storage) or symlinked (`link`, local on
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 from collections.abc import Callable, Iterable
@@ -32,7 +31,7 @@ from segpipe.destination.reader import AnnotatedImage, SegmentRow
 from segpipe.formats import coco
 from segpipe.io.storage import Folder, ParallelWrites, check_key, filesystem, is_local_url
 from segpipe.labels import Category
-from segpipe.tools.export.coco_instances import coco_category
+from segpipe.tools.export.coco_instances import write_head_and_images
 from segpipe.tools.export.ids import ExportIds, base_name, refuse_duplicate_stems
 from segpipe.tools.export.output import JsonArrayWriter
 from segpipe.tools.source_images import read_source_bytes
@@ -66,24 +65,16 @@ def write_coco_panoptic(dst: Folder, out: Folder, images: Callable[..., Iterable
     _check_names(images, ids, out, image_folder, image_files)
 
     with ParallelWrites(out, WRITE_THREADS) as writes, out.open_atomic(json_key) as f:
-        f.write('{"info":' + json.dumps(info) + ',"licenses":[]')
-        f.write(',"categories":' + json.dumps(
-            [coco_category(c, ids.category_id(c.id, c.name)) for c in categories]))
-        f.write(',"images":')
-        section = JsonArrayWriter(f)
-        section.open()
-        for image in images(segments=False):
-            image_id = ids.image_id(image)
-            if image_id is None:
-                continue
-            section.add({"id": image_id, "file_name": base_name(image),
-                         "width": image.width, "height": image.height})
+        def place_image(image: AnnotatedImage) -> None:
             if image_files == "copy":
                 writes.put(f"{image_folder}/{base_name(image)}",
                            read_source_bytes(dst, image, storage_options=storage_options))
             elif image_files == "link":
                 _link(image, out.path(f"{image_folder}/{base_name(image)}"))
-        section.close()
+
+        written = write_head_and_images(f, info=info, categories=categories, ids=ids,
+                                        images=images(segments=False), file_name=base_name,
+                                        on_image=place_image)
         f.write(',"annotations":')
         annotations = JsonArrayWriter(f)
         annotations.open()
@@ -100,7 +91,7 @@ def write_coco_panoptic(dst: Folder, out: Folder, images: Callable[..., Iterable
         annotations.close()
         f.write("}")
         writes.wait()  # every PNG has landed before the JSON is published
-    return {"images": section.count, "annotations": segments, "skipped": skipped,
+    return {"images": written, "annotations": segments, "skipped": skipped,
             "panoptic_json": out.url_of(json_key), "panoptic_folder": out.url_of(png_folder)}
 
 
