@@ -109,7 +109,9 @@ def profile_path(data: bytes, batch: int) -> str:
         coco.encode_rles(pred.id_map, [s.segment_id for s in pred.segments])
     profile.disable()
     out = io.StringIO()
-    pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(18)
+    stats = pstats.Stats(profile, stream=out)
+    stats.strip_dirs()  # file names without this machine's folders
+    stats.sort_stats("tottime").print_stats(18)
     return out.getvalue()
 
 
