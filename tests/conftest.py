@@ -78,6 +78,16 @@ def bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
     return name
 
 
+@pytest.fixture(params=["local", "s3"])
+def where(request: pytest.FixtureRequest, tmp_path):  # noqa: ANN201 - a URL maker
+    """A function giving the URL of a fresh folder named `name`, on local files or on S3:
+    each test that takes it runs on both. (A module may define its own `where`.)"""
+    if request.param == "local":
+        return lambda name: str(tmp_path / name)
+    bucket = request.getfixturevalue("bucket")
+    return lambda name: f"s3://{bucket}/{name}"
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(save_tiny_mask2former(tmp_path_factory.mktemp("models") / "tiny-mask2former"))

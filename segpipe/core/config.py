@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from segpipe.core.class_thresholds import read_class_thresholds
+from segpipe.core.class_thresholds import ClassThresholds, read_class_thresholds
 
 TASKS = ("panoptic", "instance", "semantic")
 DTYPES = ("fp32", "bf16", "fp16")
@@ -152,12 +153,18 @@ class JobConfig:
         """The schemes `allow_uri_schemes` adds."""
         return schemes_in(self.allow_uri_schemes)
 
+    @functools.cached_property
+    def class_threshold_values(self) -> ClassThresholds:
+        """The --class-thresholds file's content, read once per config (the settings guard
+        and the model stage both need it)."""
+        assert self.class_thresholds is not None
+        return read_class_thresholds(self.class_thresholds, self.storage_options)
+
     def fingerprint(self) -> dict[str, Any]:
         out = {name: getattr(self, name) for name in FINGERPRINT_FIELDS}
         if self.class_thresholds is not None:
             # What changes the outputs is the mapping, not where the file lies.
-            out["class_thresholds"] = read_class_thresholds(
-                self.class_thresholds, self.storage_options).as_dict()
+            out["class_thresholds"] = self.class_threshold_values.as_dict()
         return out
 
     @property

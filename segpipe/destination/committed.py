@@ -33,7 +33,7 @@ class NothingCommitted(SegpipeError, ValueError):
 def committed_shards(dst: Folder, run_id: str | None = None) -> list[tuple[str, str]]:
     """(run id, shard id) of every committed shard (of one run, if given), in run then
     shard order."""
-    prefix = layout.commits_dir(run_id) if run_id else f"{layout.META}/runs"
+    prefix = layout.commits_dir(run_id) if run_id else layout.RUNS_DIR
     return [found for key in dst.list(prefix) if (found := layout.parse_commit(key))]
 
 

@@ -46,11 +46,12 @@ class ShardWriter:
     def encode(self, pred: Prediction) -> EncodedPrediction:
         """The pixel-sized work for one image: its PNGs, segment stats and RLE. Depends on
         nothing but `pred`, so several threads may encode while `add_encoded` keeps order."""
-        stats = coco.segment_stats(pred.id_map)
+        runs = coco.id_runs(pred.id_map)  # one pass over the pixels serves stats and RLE
+        stats = coco.segment_stats(pred.id_map, runs)
         kept = [seg.segment_id for seg in pred.segments if seg.segment_id in stats]
         semantic = coco.label_png(*self._semantic_map(pred)) if self.run.task == "semantic" else None
         return EncodedPrediction(pred, coco.id_map_to_png(pred.id_map), semantic, stats,
-                                 coco.encode_rles(pred.id_map, kept))
+                                 coco.encode_rles(pred.id_map, kept, runs))
 
     def add_prediction(self, pred: Prediction) -> None:
         """Encode and write one image's PNGs now; keep only its small rows for the shard files."""

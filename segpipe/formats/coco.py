@@ -69,10 +69,14 @@ def id_runs(id_map: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return flat[starts], starts, np.diff(np.r_[starts, flat.size])
 
 
-def segment_stats(id_map: np.ndarray) -> dict[int, tuple[int, list[int]]]:
-    """Area and COCO bbox [x, y, w, h] of every non-zero id, from the map's runs."""
+Runs = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def segment_stats(id_map: np.ndarray, runs: Runs | None = None) -> dict[int, tuple[int, list[int]]]:
+    """Area and COCO bbox [x, y, w, h] of every non-zero id, from the map's runs (`runs`:
+    `id_runs(id_map)` when the caller has them already)."""
     height = id_map.shape[0]
-    values, starts, lengths = id_runs(id_map)
+    values, starts, lengths = runs if runs is not None else id_runs(id_map)
     ends = starts + lengths - 1  # a run's last pixel
     x0, x1 = starts // height, ends // height
     # A run that crosses into the next column covers the last row of its first column and
@@ -96,11 +100,12 @@ def segment_stats(id_map: np.ndarray) -> dict[int, tuple[int, list[int]]]:
     return stats
 
 
-def encode_rles(id_map: np.ndarray, segment_ids: list[int]) -> dict[int, dict[str, Any]]:
+def encode_rles(id_map: np.ndarray, segment_ids: list[int],
+                runs: Runs | None = None) -> dict[int, dict[str, Any]]:
     """COCO compressed RLE of each segment's mask, as `encode_rle(id_map == id)` gives, from
     one pass over the map's runs instead of one pass over its pixels per segment."""
     height, width = id_map.shape
-    values, starts, lengths = id_runs(id_map)
+    values, starts, lengths = runs if runs is not None else id_runs(id_map)
     total = height * width
     out: dict[int, dict[str, Any]] = {}
     for seg in segment_ids:

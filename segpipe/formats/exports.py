@@ -7,3 +7,5 @@ without importing the export stack.
 from __future__ import annotations
 
 EXPORT_FORMATS = ("coco-instance", "cvat", "labelstudio", "coco-panoptic", "coco-results")
+# The review tools whose exports `segpipe import --from` reads.
+REVIEW_SOURCES = ("labelstudio", "cvat", "coco-panoptic")

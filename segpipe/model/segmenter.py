@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from segpipe.core.class_thresholds import ClassThresholds, read_class_thresholds
+from segpipe.core.class_thresholds import ClassThresholds
 from segpipe.core.config import TASK_THRESHOLDS, JobConfig, default_of
 from segpipe.core.items import DecodedImage, ImageFailure, Prediction
 from segpipe.io.storage import redact
@@ -77,7 +77,7 @@ class Segmenter:
                    allow_pickle_weights=config.allow_pickle_weights,
                    storage_options=config.storage_options,
                    class_thresholds=None if config.class_thresholds is None
-                   else read_class_thresholds(config.class_thresholds, config.storage_options))
+                   else config.class_threshold_values)
 
     def setup(self) -> LoadedModel:
         if self.loaded is None:

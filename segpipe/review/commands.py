@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-REVIEW_SOURCES = ("labelstudio", "cvat", "coco-panoptic")
+from segpipe.formats.exports import REVIEW_SOURCES
 
 
 def add_review_commands(sub: Any, json_object: Callable[[str], dict[str, Any]]) -> None:

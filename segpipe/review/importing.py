@@ -10,6 +10,7 @@ import numpy as np
 from segpipe.destination import reader
 from segpipe.destination.reviews import reviewed_document
 from segpipe.formats import coco
+from segpipe.formats.exports import REVIEW_SOURCES
 from segpipe.io.storage import Folder, redact_uri
 from segpipe.labels import Category, load_categories
 from segpipe.labels.categories import hash_color
@@ -19,8 +20,6 @@ from segpipe.review.outcomes import PreLabel, match_segments
 from segpipe.review.reviewed import ImportBatch, ReviewImportError, check_size
 from segpipe.review.store import PreparedImage, write_import
 from segpipe.review.targets import Targets, read_input
-
-SOURCES = ("labelstudio", "cvat", "coco-panoptic")
 
 
 def run_import(dst_url: str, source: str, path: str, *, image_root: str | None = None,
@@ -56,7 +55,7 @@ def _load(source: str, path: str, targets: Targets,
         module = labelstudio if source == "labelstudio" else cvat
         batch = module.load(read_input(path, storage_options), path, targets)
     else:
-        raise ReviewImportError(f"unknown review source {source!r}; one of {', '.join(SOURCES)}")
+        raise ReviewImportError(f"unknown review source {source!r}; one of {', '.join(REVIEW_SOURCES)}")
     seen: dict[int, str] = {}
     for image in batch.images:
         check_size(image)

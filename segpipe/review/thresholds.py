@@ -18,10 +18,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from segpipe.core.class_thresholds import FORMAT, VERSION
 from segpipe.io.storage import open_atomic
 
-FORMAT = "segpipe-class-thresholds"
-VERSION = 1
 KEPT_FRACTION = 0.5
 KEPT = ("accepted", "edited")
 

@@ -17,11 +17,11 @@ import torch
 from fsspec.core import split_protocol
 
 from segpipe.io.storage import filesystem, is_local_url
+from segpipe.model.loading import LABELS_FILE
 from segpipe.train.labels import LabelPlan
 
 MODEL_DIR = "model"
 STATE_FILE = "state.pt"
-LABELS_FILE = "labels.json"
 
 
 @dataclass

@@ -7,6 +7,7 @@ the dataset lacks is dropped. Every other weight is kept as it is.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +21,9 @@ class LabelPlan:
     categories: list[dict[str, Any]]  # new label index i is categories[i]
     keep: list[int | None]  # the base model's label index for each new index, or None: new
 
-    @property
+    @functools.cached_property
     def label_of(self) -> dict[int, int]:
-        """Category id -> new label index."""
+        """Category id -> new label index (built once: the training loop asks every step)."""
         return {int(c["id"]): i for i, c in enumerate(self.categories)}
 
     @property

@@ -25,14 +25,6 @@ def thresholds_file(path, thresholds) -> str:
     return str(path)
 
 
-@pytest.fixture(params=["local", "s3"])
-def where(request, tmp_path):
-    if request.param == "local":
-        return lambda name: str(tmp_path / name)
-    bucket = request.getfixturevalue("bucket")
-    return lambda name: f"s3://{bucket}/{name}"
-
-
 @pytest.fixture
 def source(tmp_path, where):
     """Four images and one corrupt file, at the same kind of place as the destination."""

@@ -22,15 +22,6 @@ from tests.support.outputs import read_panoptic, read_table
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 
-@pytest.fixture(params=["local", "s3"])
-def where(request, tmp_path):
-    """A function giving the URL of a fresh folder named `name`, on local files or on S3."""
-    if request.param == "local":
-        return lambda name: str(tmp_path / name)
-    bucket = request.getfixturevalue("bucket")
-    return lambda name: f"s3://{bucket}/{name}"
-
-
 def upload(local_folder, url: str) -> None:
     if not url.startswith("s3://"):
         shutil.copytree(local_folder, url, dirs_exist_ok=True)
