@@ -11,7 +11,7 @@ from segpipe.destination import layout
 from segpipe.destination.reader import iter_images
 from segpipe.destination.runs import DestinationMismatch, list_runs
 from segpipe.io.storage import Folder
-from tests.destination.test_destination_guard import upload, where  # noqa: F401 - a fixture
+from tests.destination.test_destination_guard import upload
 from tests.support.checkpoints import save_tiny_mask2former
 from tests.support.images import write_images
 from tests.support.outputs import read_panoptic
