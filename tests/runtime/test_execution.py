@@ -162,12 +162,14 @@ def test_a_read_that_never_returns_is_an_error_row_and_the_shard_goes_on(tmp_pat
     assert sorted(r["image_uri"] for r in read_table(dst, "images")) == sorted([*paths, fifo])
 
 
+# The timeout leaves a healthy two-image shard room on a loaded machine (on S3 under three
+# test processes it has taken over 3 s), so only the stuck shard's attempts replace workers.
 @pytest.mark.timeout(300)
 def test_a_shard_over_its_timeout_is_retried_on_a_new_worker_then_failed(tmp_path, tiny_model,
                                                                          dst_url):
     manifest, paths, fifo = manifest_with_fifo(tmp_path, 4)
     config = JobConfig(src=str(manifest), dst=dst_url, model=tiny_model, shard_size=2,
-                       batch_size=2, num_workers=1, read_timeout=3600, shard_timeout=3,
+                       batch_size=2, num_workers=1, read_timeout=3600, shard_timeout=15,
                        max_attempts=2, progress=False)
     with pytest.raises(JobFailed, match="1 shard"):
         annotate(config)
