@@ -38,21 +38,35 @@ def init_ray(address: str | None, *, dashboard: bool = False) -> None:
     asked (a process of its own that slows the start); workers get our storage env."""
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        _start_local(dashboard)
+        return
     env = forwarded_env(os.environ)
     # Inside a Ray job the job's own runtime env already reaches every worker, and Ray refuses
     # a driver runtime env that sets one of its variables again.
     job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
     job_env = (job.get("runtime_env") or {}).get("env_vars") or {}
     env = {k: v for k, v in env.items() if k not in job_env}
-    # OpenMP threads that spin while idle starve the reading and writing threads that run
-    # beside torch on a CPU worker (several times slower on few cores); GPU work is unaffected.
     if "OMP_WAIT_POLICY" not in os.environ and "OMP_WAIT_POLICY" not in job_env:
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
-    address = address or os.environ.get("RAY_ADDRESS") or None
+        env["OMP_WAIT_POLICY"] = OMP_WAIT_POLICY
     # Ray refuses dashboard settings when joining a cluster: that cluster has its own.
     ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True,
-             logging_level=logging.WARNING,
-             include_dashboard=dashboard if address is None else None)
+             logging_level=logging.WARNING)
+
+
+# OpenMP threads that spin while idle starve the reading and writing threads that run beside
+# torch on a CPU worker (several times slower on few cores); GPU work is unaffected.
+OMP_WAIT_POLICY = "PASSIVE"
+
+
+def _start_local(dashboard: bool) -> None:
+    """A local Ray's processes are this process's children and inherit its environment, so
+    the workers get it with no runtime env. A runtime env would also cost the start: the
+    workers Ray starts ahead with the cluster have none, so the first actor would wait for a
+    worker process of its own (about a second) instead of taking one that is already up."""
+    os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
+    ray.init(log_to_driver=True, logging_level=logging.WARNING, include_dashboard=dashboard)
 
 
 def cluster_resources() -> tuple[float, float]:

@@ -1,0 +1,45 @@
+"""A local Ray as `init_ray` starts it: its workers get the driver's environment without a
+runtime env, so the first actor can take a worker Ray started ahead with the cluster.
+
+The test session already holds a Ray, so the start runs in a process of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SCRIPT = """
+import json, os, ray
+from segpipe.runtime.cluster import init_ray
+
+init_ray(None)
+
+@ray.remote(num_cpus=1)
+class Probe:
+    def seen(self):
+        return {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "AWS_ENDPOINT_URL")}
+
+seen = ray.get(Probe.remote().seen.remote())
+print(json.dumps({"runtime_env": dict(ray.get_runtime_context().runtime_env), "seen": seen}))
+ray.shutdown()
+"""
+
+
+def test_a_local_start_passes_the_environment_without_a_runtime_env():
+    ray_tmp = tempfile.mkdtemp(prefix="seglocal-")  # short: Ray's socket paths must fit
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env.update(RAY_ADDRESS="", RAY_TMPDIR=ray_tmp, AWS_ENDPOINT_URL="http://127.0.0.1:9")
+    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=ROOT, text=True,
+                          capture_output=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    # A runtime env keeps the first actor off the workers Ray started ahead (they have none).
+    assert got["runtime_env"] == {}
+    assert got["seen"] == {"OMP_WAIT_POLICY": "PASSIVE", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
