@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from segpipe.formats import coco
-from segpipe.io.storage import filesystem, with_retries
+from segpipe.io.storage import read_url
 
 VOID = 0
 OFFSET = 256 * 256 * 256  # larger than any id an RGB PNG can hold
@@ -63,18 +63,13 @@ class PQStat:
             self[category_id].add(stat)
 
 
-def _read(url: str, storage_options: dict | None) -> bytes:
-    fs, path = filesystem(url, storage_options)
-    return with_retries(lambda: fs.cat_file(path), what=url)
-
-
 def _join(folder_url: str, name: str) -> str:
     return f"{folder_url.rstrip('/')}/{name}"
 
 
 def read_id_map(url: str, storage_options: dict | None = None) -> np.ndarray:
     """Segment ids of the COCO-panoptic PNG at `url`."""
-    return coco.png_to_id_map(_read(url, storage_options))
+    return coco.png_to_id_map(read_url(url, storage_options))
 
 
 def _annotations_by_name(document: dict[str, Any], full_names: bool = False
@@ -228,8 +223,8 @@ def evaluate(
     Returns {"All", "Things", "Stuff": {pq, sq, rq, n}, "per_category": [...],
     "images": {ground_truth, evaluated, missing, extra}}; scores are fractions in [0, 1].
     """
-    gt_doc = json.loads(_read(gt_json, storage_options))
-    pred_doc = json.loads(_read(pred_json, storage_options))
+    gt_doc = json.loads(read_url(gt_json, storage_options))
+    pred_doc = json.loads(read_url(pred_json, storage_options))
     categories = {c["id"]: c for c in gt_doc["categories"]}
     gt_by_name = _annotations_by_name(gt_doc, full_names)
     pred_by_name = _annotations_by_name(pred_doc, full_names)

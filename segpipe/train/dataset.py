@@ -18,7 +18,7 @@ from PIL import Image
 
 from segpipe.destination import layout
 from segpipe.formats import coco
-from segpipe.io.storage import Folder, filesystem, redact_uri, with_retries
+from segpipe.io.storage import Folder, read_url, redact_uri
 from segpipe.train.config import FinetuneError
 
 PANOPTIC_JSON = "panoptic.json"
@@ -127,17 +127,12 @@ def _unit(name: str) -> float:
     return int(hashlib.sha256(name.encode()).hexdigest()[:12], 16) / float(1 << 48)
 
 
-def _read(url: str, storage_options: dict[str, Any]) -> bytes:
-    fs, path = filesystem(url, storage_options)
-    return with_retries(lambda: fs.cat_file(path), what=url, doing="reading")
-
-
 def load_example(example: Example, storage_options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """(RGB image, segment id map) at the image's own size."""
     try:
-        with Image.open(io.BytesIO(_read(example.image_uri, storage_options))) as img:
+        with Image.open(io.BytesIO(read_url(example.image_uri, storage_options))) as img:
             image = np.asarray(img.convert("RGB"))
-        ids = coco.png_to_id_map(_read(example.png_url, storage_options))
+        ids = coco.png_to_id_map(read_url(example.png_url, storage_options))
     except FinetuneError:
         raise
     except Exception as exc:
