@@ -6,13 +6,11 @@ import os
 import time
 from typing import Any
 
-import torch
-
 from segpipe.core.errors import SegpipeError
 from segpipe.io.storage import redact_uri
 from segpipe.labels import LabelSet, match_label_set
 from segpipe.train.card import model_card
-from segpipe.train.checkpoints import STATE_FILE, TrainState, checkpoint_root, ray_storage
+from segpipe.train.checkpoints import checkpoint_root, ray_storage, read_state
 from segpipe.train.config import FinetuneConfig, FinetuneError
 from segpipe.train.dataset import Dataset, read_dataset, split
 from segpipe.train.labels import LabelPlan, plan_labels
@@ -96,8 +94,7 @@ def finetune(settings: FinetuneConfig) -> dict[str, Any]:
                            f"{settings.val_fraction:.0%} of the images, by a hash of each file name")}
     labels = {"categories": plan.categories, **plan.describe(base)}
     with result.checkpoint.as_directory() as folder:
-        saved = torch.load(os.path.join(folder, STATE_FILE), weights_only=True)
-        state = TrainState(**saved["state"])
+        state = read_state(folder)  # not the optimizer's state, which only a resume needs
         written = publish(folder, settings.out, model_card(settings, state, data, labels),
                           settings.storage_options)
     after = state.history[-1]["scores"] if state.history else None
