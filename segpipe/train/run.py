@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
 from segpipe.core.errors import SegpipeError
 from segpipe.io.storage import redact_uri
-from segpipe.labels import LabelSet, match_label_set
+from segpipe.labels import LabelSet
+from segpipe.model.loading import model_labels
 from segpipe.train.card import model_card
 from segpipe.train.checkpoints import checkpoint_root, ray_storage, read_state
 from segpipe.train.config import FinetuneConfig, FinetuneError
@@ -23,30 +23,13 @@ class FinetuneFailed(SegpipeError, RuntimeError):
     """Training stopped with an error; the message says where."""
 
 
-def base_labels(settings: FinetuneConfig) -> tuple[LabelSet, int]:
-    """The base model's label set and label count, from its config (no weights loaded)."""
-    from transformers import AutoConfig
-
-    from segpipe.model.loading import LABELS_FILE, ModelLoadError, resolve_location
-
-    location = resolve_location(settings.base_model, None, settings.storage_options)
-    try:
-        config = AutoConfig.from_pretrained(location, trust_remote_code=False)
-    except Exception as exc:
-        raise ModelLoadError(f"could not load model {redact_uri(settings.base_model)!r}: {exc}") from exc
-    label_map = os.path.join(location, LABELS_FILE)
-    labels = match_label_set(dict(config.id2label), model=redact_uri(settings.base_model),
-                             label_map=label_map if os.path.exists(label_map) else None)
-    return labels, int(config.num_labels)
-
-
 def prepare(settings: FinetuneConfig) -> tuple[Dataset, list[Any], list[Any], LabelPlan, LabelSet]:
     dataset = read_dataset(settings.train, settings.storage_options)
     if settings.val:
         train, val = dataset.examples, read_dataset(settings.val, settings.storage_options).examples
     else:
         train, val = split(dataset.examples, settings.val_fraction)
-    base, count = base_labels(settings)
+    base, count = model_labels(settings.base_model, storage_options=settings.storage_options)
     return dataset, train, val, plan_labels(dataset.categories, base, count), base
 
 
