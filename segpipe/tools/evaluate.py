@@ -103,12 +103,13 @@ def _annotations_by_name(document: dict[str, Any], full_names: bool = False
     return by_name
 
 
-def _ground_truth(
-    ids: np.ndarray, annotation: dict[str, Any], categories: dict[int, dict[str, Any]]
+def ground_truth(
+    ids: np.ndarray, segments_info: Iterable[dict[str, Any]],
+    categories: dict[int, dict[str, Any]],
 ) -> tuple[np.ndarray, dict[int, dict[str, Any]]]:
     """GT ids and segments with areas from the PNG; unknown categories become void."""
     segments = {}
-    for info in annotation["segments_info"]:
+    for info in segments_info:
         if info["category_id"] in categories:
             segments[info["id"]] = dict(info, area=0, iscrowd=info.get("iscrowd", 0))
         else:
@@ -120,11 +121,12 @@ def _ground_truth(
     return ids, segments
 
 
-def _predictions(
-    ids: np.ndarray, annotation: dict[str, Any], categories: dict[int, dict[str, Any]], where: str
+def predictions(
+    ids: np.ndarray, segments_info: Iterable[dict[str, Any]],
+    categories: dict[int, dict[str, Any]], where: str,
 ) -> dict[int, dict[str, Any]]:
     """Predicted segments with areas from the PNG; PNG and JSON must agree, as in panopticapi."""
-    segments = {info["id"]: dict(info) for info in annotation["segments_info"]}
+    segments = {info["id"]: dict(info) for info in segments_info}
     unseen = set(segments)
     labels, counts = np.unique(ids, return_counts=True)
     for label, count in zip(labels.tolist(), counts.tolist(), strict=True):
@@ -260,12 +262,13 @@ def evaluate_sets(pred: PanopticSet, gt: PanopticSet, *, full_names: bool = Fals
         pred_ann = pred_by_name.get(name)
         if pred_ann is None:
             return _missed(gt_ann, categories)
-        gt_ids, gt_segments = _ground_truth(gt.id_map(gt_ann["file_name"]), gt_ann, categories)
+        gt_ids, gt_segments = ground_truth(gt.id_map(gt_ann["file_name"]),
+                                           gt_ann["segments_info"], categories)
         pred_ids = pred.id_map(pred_ann["file_name"])
         pred_url = pred.png_url(pred_ann["file_name"])
         if pred_ids.shape != gt_ids.shape:
             raise ValueError(f"{pred_url}: size {pred_ids.shape} differs from GT {gt_ids.shape}")
-        pred_segments = _predictions(pred_ids, pred_ann, categories, pred_url)
+        pred_segments = predictions(pred_ids, pred_ann["segments_info"], categories, pred_url)
         return pq_single_image(gt_ids, gt_segments, pred_ids, pred_segments)
 
     total = PQStat()

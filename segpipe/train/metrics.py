@@ -5,21 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
+from segpipe.io.storage import redact_uri
 from segpipe.model import postprocess
-from segpipe.tools.evaluate import PQStat, pq_single_image, scores
+from segpipe.tools.evaluate import PQStat, ground_truth, pq_single_image, predictions, scores
 from segpipe.train.dataset import Example, load_example
 from segpipe.train.labels import LabelPlan
-
-
-def _segments_of(ids: np.ndarray, category_of: dict[int, int], crowd: set[int]) -> dict[int, dict]:
-    labels, counts = np.unique(ids, return_counts=True)
-    return {int(k): {"category_id": category_of[int(k)], "area": int(n),
-                     "iscrowd": int(int(k) in crowd)}
-            for k, n in zip(labels.tolist(), counts.tolist(), strict=True)
-            if int(k) in category_of}
 
 
 @torch.inference_mode()
@@ -30,6 +22,7 @@ def held_out_pq(model: Any, processor: Any, examples: Sequence[Example], plan: L
     was_training = model.training
     model.eval()
     stuff = {i for i, c in enumerate(plan.categories) if not c["isthing"]}
+    categories = {int(c["id"]): c for c in plan.categories}
     total = PQStat()
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
@@ -43,12 +36,14 @@ def held_out_pq(model: Any, processor: Any, examples: Sequence[Example], plan: L
         results = postprocess.post_process_panoptic(
             outputs.class_queries_logits.float(), outputs.masks_queries_logits.float(),
             [ids.shape for _, ids in loaded], label_ids_to_fuse=stuff, family=family)
-        for example, (_, gt_ids), result in zip(chunk, loaded, results, strict=True):
-            gt = {s.id: s.category_id for s in example.segments}
-            crowd = {s.id for s in example.segments if s.iscrowd}
+        for example, (_, ids), result in zip(chunk, loaded, results, strict=True):
+            gt_ids, gt_segments = ground_truth(ids, [
+                {"id": s.id, "category_id": s.category_id, "iscrowd": int(s.iscrowd)}
+                for s in example.segments], categories)
             pred_ids = result.id_map.to("cpu", torch.int32).numpy()
-            pred = {s.segment_id: int(plan.categories[s.label_id]["id"]) for s in result.segments}
-            total.add(pq_single_image(gt_ids, _segments_of(gt_ids, gt, crowd), pred_ids,
-                                      _segments_of(pred_ids, pred, set())))
+            pred_segments = predictions(pred_ids, [
+                {"id": s.segment_id, "category_id": int(plan.categories[s.label_id]["id"])}
+                for s in result.segments], categories, redact_uri(example.image_uri))
+            total.add(pq_single_image(gt_ids, gt_segments, pred_ids, pred_segments))
     model.train(was_training)
     return scores(total, plan.categories)
