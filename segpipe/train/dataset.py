@@ -27,10 +27,16 @@ IMAGES_DIR = "images"
 
 
 @dataclass(frozen=True)
-class Segment:
+class GroundTruthSegment:
+    """One labeled segment of an example, as its annotation's segments_info lists it: its id
+    in the PNG, its category, whether it is a crowd region."""
+
     id: int
     category_id: int
     iscrowd: bool
+
+    def to_coco(self) -> dict[str, int]:
+        return {"id": self.id, "category_id": self.category_id, "iscrowd": int(self.iscrowd)}
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,7 @@ class Example:
     name: str  # images[].file_name, as the dataset gives it
     image_uri: str
     png_url: str
-    segments: tuple[Segment, ...]
+    segments: tuple[GroundTruthSegment, ...]
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,8 @@ def read_dataset(url: str, storage_options: dict[str, Any] | None = None) -> Dat
         if image is None:
             raise FinetuneError(f"{where}: annotation {annotation.get('file_name')!r} names "
                                 f"image id {annotation['image_id']}, which is not in images")
-        segments = tuple(Segment(int(s["id"]), int(s["category_id"]), bool(s.get("iscrowd", 0)))
+        segments = tuple(GroundTruthSegment(int(s["id"]), int(s["category_id"]),
+                                            bool(s.get("iscrowd", 0)))
                          for s in annotation.get("segments_info", []))
         unknown = {s.category_id for s in segments} - known
         if unknown:

@@ -37,9 +37,8 @@ def held_out_pq(model: Any, processor: Any, examples: Sequence[Example], plan: L
             outputs.class_queries_logits.float(), outputs.masks_queries_logits.float(),
             [ids.shape for _, ids in loaded], label_ids_to_fuse=stuff, family=family)
         for example, (_, ids), result in zip(chunk, loaded, results, strict=True):
-            gt_ids, gt_segments = ground_truth(ids, [
-                {"id": s.id, "category_id": s.category_id, "iscrowd": int(s.iscrowd)}
-                for s in example.segments], categories)
+            gt_ids, gt_segments = ground_truth(
+                ids, [s.to_coco() for s in example.segments], categories)
             pred_ids = result.id_map.to("cpu", torch.int32).numpy()
             pred_segments = predictions(pred_ids, [
                 {"id": s.segment_id, "category_id": int(plan.categories[s.label_id]["id"])}
