@@ -71,13 +71,13 @@ def pq_of(model_dir: str, data: str) -> dict[str, float]:
     from segpipe.model.loading import load_model
     from segpipe.train.dataset import read_dataset
     from segpipe.train.labels import plan_labels
-    from segpipe.train.metrics import held_out_pq
+    from segpipe.train.metrics import held_out_pq, read_held_out
 
     loaded = load_model(model_dir, device="cpu")
     dataset = read_dataset(data)
     plan = plan_labels(dataset.categories, loaded.label_set, loaded.model.config.num_labels)
     assert plan.unchanged, "the benchmark keeps the demo model's label set"
-    result = held_out_pq(loaded.model, loaded.processor, dataset.examples, plan,
+    result = held_out_pq(loaded.model, loaded.processor, read_held_out(dataset.examples), plan,
                          family=loaded.family, device=loaded.device, batch_size=16)
     return {g: round(result[g]["pq"], 4) for g in ("All", "Things", "Stuff")}
 

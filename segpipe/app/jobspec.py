@@ -94,10 +94,9 @@ class JobSpec:
 def load_spec(path_or_url: str, *, env: Mapping[str, str] | None = None) -> JobSpec:
     """Read and validate a spec from a local path or any fsspec URL; `env` defaults to
     the process environment."""
-    from segpipe.io.storage import filesystem
+    from segpipe.io.storage import read_url
 
-    fs, path = filesystem(str(path_or_url))
-    text = fs.cat_file(path).decode("utf-8")
+    text = read_url(str(path_or_url)).decode("utf-8")
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: plain data only
     except yaml.YAMLError as exc:

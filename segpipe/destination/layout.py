@@ -23,6 +23,7 @@ from segpipe.core.identity import image_png_key
 META = "_segpipe"
 JOB = f"{META}/job.json"
 MERGED_PANOPTIC = "panoptic.json"
+MERGED_PNG_DIR = "panoptic"  # what the merged panoptic.json's PNG file names are below
 # The corrected labels imported from review tools: a standard COCO-panoptic folder.
 REVIEWED_DIR = "reviewed"
 REVIEWED_PANOPTIC = f"{REVIEWED_DIR}/panoptic.json"

@@ -77,7 +77,8 @@ class AnnotatedImage:
 __all__ = [
     "RUN_PARTITION", "AnnotatedImage", "NothingCommitted", "SegmentRow", "Shards", "categories",
     "committed_shards", "iter_images", "job_settings", "open_destination", "read_id_map",
-    "read_semantic", "require_committed", "run_config", "table_dataset", "table_files",
+    "read_semantic", "read_table", "require_committed", "run_config", "table_dataset",
+    "table_files",
 ]
 
 
@@ -113,7 +114,7 @@ def iter_images(dst: Folder, *, shards: Shards | None = None, segments: bool = T
     shards = committed_shards(dst) if shards is None else list(shards)
     superseded = superseded_by_later_runs(dst, shards)
     for run_id, sid in shards:
-        images = _read_table(dst, layout.table_file("images", run_id, sid))
+        images = read_table(dst, layout.table_file("images", run_id, sid))
         rows = [r for r in images.to_pylist()
                 if r["status"] == "ok" and not is_superseded(superseded, run_id, r["image_id"])]
         if not rows:
@@ -122,7 +123,7 @@ def iter_images(dst: Folder, *, shards: Shards | None = None, segments: bool = T
         models: dict[int, tuple[str | None, str | None]] = {}
         if segments:
             columns = [name for name in tables.SEGMENTS.names if rle or name != "rle"]
-            seg_table = _read_table(dst, layout.table_file("segments", run_id, sid), columns)
+            seg_table = read_table(dst, layout.table_file("segments", run_id, sid), columns)
             for row in seg_table.to_pylist():
                 models[row["image_id"]] = (row["model"], row["model_revision"])
                 seg = _segment(row)
@@ -154,9 +155,11 @@ def read_semantic(dst: Folder, image: AnnotatedImage) -> tuple[np.ndarray, int]:
         return np.asarray(png).astype(np.int64), void
 
 
-def _read_table(dst: Folder, key: str, columns: list[str] | None = None) -> pa.Table:
-    # A shard's file is small: one read through storage, with its retries.
-    return pq.read_table(io.BytesIO(dst.read_bytes(key)), columns=columns)
+def read_table(dst: Folder, key: str, columns: list[str] | None = None, *,
+               schema: pa.Schema | None = None) -> pa.Table:
+    """One Parquet file of `dst` (a shard's, an import's), read whole: it is small, and one
+    read through storage has its retries."""
+    return pq.read_table(io.BytesIO(dst.read_bytes(key)), columns=columns, schema=schema)
 
 
 def _segment(row: dict[str, Any]) -> SegmentRow:

@@ -11,15 +11,13 @@ Each image's review is its latest committed import.
 
 from __future__ import annotations
 
-import io
-import json
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from segpipe.destination import layout
 from segpipe.destination.committed import Shards, table_dataset
+from segpipe.destination.reader import read_table
 from segpipe.formats import tables
 from segpipe.io.storage import Folder
 
@@ -34,7 +32,7 @@ def reviewed_document(dst: Folder) -> dict[str, Any] | None:
     """The merged COCO-panoptic document of the reviewed labels; None before any import."""
     if not dst.exists(layout.REVIEWED_PANOPTIC):
         return None
-    return json.loads(dst.read_bytes(layout.REVIEWED_PANOPTIC))
+    return dst.read_json(layout.REVIEWED_PANOPTIC)
 
 
 def committed_imports(document: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -51,8 +49,7 @@ def latest_reviews(dst: Folder, document: dict[str, Any] | None = None) -> pa.Ta
             latest[int(image_id)] = record["import_id"]
     parts = []
     for import_id in dict.fromkeys(latest.values()):
-        table = pq.read_table(io.BytesIO(dst.read_bytes(layout.reviews_file(import_id))),
-                              schema=tables.REVIEWS)
+        table = read_table(dst, layout.reviews_file(import_id), schema=tables.REVIEWS)
         keep = [latest.get(i) == import_id for i in table.column("image_id").to_pylist()]
         parts.append(table.filter(pa.array(keep, pa.bool_())))
     return pa.concat_tables(parts) if parts else tables.REVIEWS.empty_table()

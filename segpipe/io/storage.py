@@ -96,6 +96,13 @@ def filesystem(url: str, storage_options: dict[str, Any] | None = None,
     return fs, strip_protocol(url) if protocol else os.path.abspath(url)
 
 
+def read_url(url: str, storage_options: dict[str, Any] | None = None) -> bytes:
+    """One whole file's bytes, at any fsspec URL, with retries. A missing file is a
+    FileNotFoundError noted "while reading <url>", as every failed read is."""
+    fs, path = filesystem(url, storage_options)
+    return with_retries(lambda: fs.cat_file(path), what=url, doing="reading")
+
+
 def check_key(key: str) -> str:
     """Return `key` if it is a plain relative key; raise otherwise.
 
@@ -160,9 +167,7 @@ class Folder:
         return open_atomic(self.url_of(key), self.storage_options, text=text)
 
     def read_bytes(self, key: str) -> bytes:
-        fs = self.fs
-        return with_retries(lambda: fs.cat_file(self.path(key)), what=self.url_of(key),
-                            doing="reading")
+        return read_url(self.url_of(key), self.storage_options)
 
     def write_json(self, key: str, obj: Any) -> None:
         self.write_bytes(key, json.dumps(obj, sort_keys=True, separators=(",", ":")).encode())
@@ -196,8 +201,7 @@ class Folder:
         return sorted(n for n in names if n and is_listed(n) and f"{base}/{n}" != base)
 
     def delete(self, key: str) -> None:
-        fs = self.fs
-        path = self.path(key)
+        fs, path = self.fs, self.path(key)
         if self.exists(key):
             with_retries(lambda: fs.rm(path, recursive=True), what=self.url_of(key),
                          doing="deleting")

@@ -8,8 +8,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-import fsspec
-
+from segpipe.io.storage import read_url
 from segpipe.labels.categories import BUNDLED, Category, LabelSet, bundled, hash_color
 
 _log = logging.getLogger(__name__)
@@ -187,8 +186,7 @@ def match_label_set(id2label: dict[int, str], *, label_map: str | None = None,
 
 
 def _load_label_map(url: str) -> list[dict[str, Any]]:
-    with fsspec.open(url, "rt", encoding="utf-8") as f:
-        obj = json.load(f)
+    obj = json.loads(read_url(url))
     # A COCO annotation file works as is: its "categories" are the list.
     if isinstance(obj, dict):
         obj = obj.get("categories")

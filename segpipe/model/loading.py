@@ -132,16 +132,13 @@ def load_model(
 ) -> LoadedModel:
     """Load a checkpoint and its processor onto `device`, with its label set."""
     import transformers
-    from transformers import AutoConfig, PreTrainedModel
+    from transformers import PreTrainedModel
 
     transformers.utils.logging.disable_progress_bar()
     location = resolve_location(model, revision, storage_options)
     shown = redact_uri(model)
     common: dict[str, Any] = {"revision": revision, "trust_remote_code": False}
-    try:
-        config = AutoConfig.from_pretrained(location, **common)
-    except Exception as exc:
-        raise ModelLoadError(f"could not load model {shown!r}: {exc}") from exc
+    config = _load_config(location, shown, common)
     family = config.model_type
     if family not in FAMILIES:
         raise ModelLoadError(
@@ -166,11 +163,34 @@ def load_model(
         raise ModelLoadError(f"could not load model {shown!r}: {exc}{hint}") from exc
     # PreTrainedModel.to is typed through functools.wraps(Module.to), as if it were unbound.
     cast(torch.nn.Module, net).to(torch_device).eval()
-    if label_map is None and os.path.exists(os.path.join(location, LABELS_FILE)):
-        label_map = os.path.join(location, LABELS_FILE)  # a checkpoint that ships its categories
-    labels = match_label_set(dict(config.id2label), label_map=label_map, model=shown)
+    labels = _label_set(config, location, label_map, shown)
     digest = weights_digest(_checkpoint_folder(location, revision))
     return LoadedModel(shown, family, net, processor, labels, torch_device, torch_dtype, digest)
+
+
+def model_labels(model: str, *, revision: str | None = None, label_map: str | None = None,
+                 storage_options: dict[str, Any] | None = None) -> tuple[LabelSet, int]:
+    """A checkpoint's label set and label count, as `load_model` finds them, from its config
+    alone: no weights load."""
+    location = resolve_location(model, revision, storage_options)
+    shown = redact_uri(model)
+    config = _load_config(location, shown, {"revision": revision, "trust_remote_code": False})
+    return _label_set(config, location, label_map, shown), int(config.num_labels)
+
+
+def _load_config(location: str, shown: str, common: dict[str, Any]) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(location, **common)
+    except Exception as exc:
+        raise ModelLoadError(f"could not load model {shown!r}: {exc}") from exc
+
+
+def _label_set(config: Any, location: str, label_map: str | None, shown: str) -> LabelSet:
+    if label_map is None and os.path.exists(os.path.join(location, LABELS_FILE)):
+        label_map = os.path.join(location, LABELS_FILE)  # a checkpoint that ships its categories
+    return match_label_set(dict(config.id2label), label_map=label_map, model=shown)
 
 
 # Weight files in the order transformers prefers them; the first kind a folder has is the one

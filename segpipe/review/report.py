@@ -13,22 +13,26 @@ from typing import Any
 
 from segpipe.destination import layout, reader
 from segpipe.destination.reviews import committed_imports, latest_reviews, reviewed_document
+from segpipe.io.storage import Folder
 from segpipe.review.reviewed import ReviewImportError
 from segpipe.review.thresholds import suggest_thresholds
-from segpipe.tools.evaluate import evaluate
+from segpipe.tools.evaluate import PanopticSet, evaluate_sets
 
 OUTCOMES = ("accepted", "edited", "relabeled", "deleted", "added")
 
 
-def review_report(dst_url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def review_report(dst_url: str | Folder, storage_options: dict[str, Any] | None = None,
+                  ) -> dict[str, Any]:
     dst = reader.open_destination(dst_url, storage_options)
     document = reviewed_document(dst)
     if document is None:
         raise ReviewImportError(f"{dst.url} has no reviews yet: run segpipe import first")
     rows = latest_reviews(dst, document).to_pylist()
-    scores = evaluate(dst.url_of(layout.MERGED_PANOPTIC), dst.url_of("panoptic"),
-                      dst.url_of(layout.REVIEWED_PANOPTIC), dst.url_of(layout.REVIEWED_PNG_DIR),
-                      storage_options=dst.storage_options, full_names=True)
+    # Each file once, through `dst`: the reviewed document was read above.
+    prelabels = dst.read_json(layout.MERGED_PANOPTIC)
+    scores = evaluate_sets(PanopticSet.in_folder(prelabels, dst, layout.MERGED_PNG_DIR),
+                           PanopticSet.in_folder(document, dst, layout.REVIEWED_PNG_DIR),
+                           full_names=True)
     thresholds = suggest_thresholds(rows)
     seconds = {r["image_id"]: r["reviewer_seconds"] for r in rows
                if r["reviewer_seconds"] is not None}

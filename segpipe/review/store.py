@@ -65,7 +65,7 @@ def write_import(dst: Folder, document: dict[str, Any] | None, *, source: str, i
     dst.write_bytes(layout.reviews_file(the_id), tables.to_parquet_bytes("reviews", rows))
     merged = _merged(document, the_id, images, categories, {
         "import_id": the_id, "source": source, "input": input_name,
-        "imported_at": imported_at.isoformat(), "images": len(images),
+        "imported_at": imported_at.isoformat(),
         "image_ids": [image.review.target.image_id for image in images]})
     dst.write_bytes(layout.REVIEWED_PANOPTIC, json.dumps(merged, indent=1).encode())
     return the_id, True

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from segpipe.destination.reader import AnnotatedImage
-from segpipe.io.storage import filesystem, with_retries
+from segpipe.io.storage import read_url
 from segpipe.review.reviewed import ReviewImportError
 
 
@@ -44,9 +44,8 @@ class Targets:
 
 def read_input(url: str, storage_options: dict[str, Any] | None = None) -> bytes:
     """One input file's bytes, any fsspec URL."""
-    fs, path = filesystem(url, storage_options)
     try:
-        return with_retries(lambda: fs.cat_file(path), what=url, doing="reading")
+        return read_url(url, storage_options)
     except FileNotFoundError as exc:
         raise ReviewImportError(f"{url}: no such file") from exc
 

@@ -19,7 +19,7 @@ predictions name their images by full source URI.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from segpipe.formats import coco
-from segpipe.io.storage import filesystem, with_retries
+from segpipe.io.storage import Folder, read_url
 
 VOID = 0
 OFFSET = 256 * 256 * 256  # larger than any id an RGB PNG can hold
@@ -63,18 +63,33 @@ class PQStat:
             self[category_id].add(stat)
 
 
-def _read(url: str, storage_options: dict | None) -> bytes:
-    fs, path = filesystem(url, storage_options)
-    return with_retries(lambda: fs.cat_file(path), what=url)
+@dataclass(frozen=True)
+class PanopticSet:
+    """A COCO-panoptic document, read, and its PNGs: `read_png(file_name)` gives one PNG's
+    bytes, `png_url(file_name)` names it in errors."""
 
+    document: dict[str, Any]
+    read_png: Callable[[str], bytes]
+    png_url: Callable[[str], str]
 
-def _join(folder_url: str, name: str) -> str:
-    return f"{folder_url.rstrip('/')}/{name}"
+    @classmethod
+    def at(cls, json_url: str, png_dir: str, storage_options: dict | None = None) -> PanopticSet:
+        """The document at `json_url`, its PNGs under the folder URL `png_dir`."""
+        def url(name: str) -> str:
+            return f"{png_dir.rstrip('/')}/{name}"
 
+        return cls(json.loads(read_url(json_url, storage_options)),
+                   lambda name: read_url(url(name), storage_options), url)
 
-def read_id_map(url: str, storage_options: dict | None = None) -> np.ndarray:
-    """Segment ids of the COCO-panoptic PNG at `url`."""
-    return coco.png_to_id_map(_read(url, storage_options))
+    @classmethod
+    def in_folder(cls, document: dict[str, Any], folder: Folder, png_dir: str) -> PanopticSet:
+        """A document already read, its PNGs under the key `png_dir` of `folder`."""
+        return cls(document, lambda name: folder.read_bytes(f"{png_dir}/{name}"),
+                   lambda name: folder.url_of(f"{png_dir}/{name}"))
+
+    def id_map(self, file_name: str) -> np.ndarray:
+        """Segment ids of one of its PNGs."""
+        return coco.png_to_id_map(self.read_png(file_name))
 
 
 def _annotations_by_name(document: dict[str, Any], full_names: bool = False
@@ -88,12 +103,13 @@ def _annotations_by_name(document: dict[str, Any], full_names: bool = False
     return by_name
 
 
-def _ground_truth(
-    ids: np.ndarray, annotation: dict[str, Any], categories: dict[int, dict[str, Any]]
+def ground_truth(
+    ids: np.ndarray, segments_info: Iterable[dict[str, Any]],
+    categories: dict[int, dict[str, Any]],
 ) -> tuple[np.ndarray, dict[int, dict[str, Any]]]:
     """GT ids and segments with areas from the PNG; unknown categories become void."""
     segments = {}
-    for info in annotation["segments_info"]:
+    for info in segments_info:
         if info["category_id"] in categories:
             segments[info["id"]] = dict(info, area=0, iscrowd=info.get("iscrowd", 0))
         else:
@@ -105,11 +121,12 @@ def _ground_truth(
     return ids, segments
 
 
-def _predictions(
-    ids: np.ndarray, annotation: dict[str, Any], categories: dict[int, dict[str, Any]], where: str
+def predictions(
+    ids: np.ndarray, segments_info: Iterable[dict[str, Any]],
+    categories: dict[int, dict[str, Any]], where: str,
 ) -> dict[int, dict[str, Any]]:
     """Predicted segments with areas from the PNG; PNG and JSON must agree, as in panopticapi."""
-    segments = {info["id"]: dict(info) for info in annotation["segments_info"]}
+    segments = {info["id"]: dict(info) for info in segments_info}
     unseen = set(segments)
     labels, counts = np.unique(ids, return_counts=True)
     for label, count in zip(labels.tolist(), counts.tolist(), strict=True):
@@ -228,26 +245,30 @@ def evaluate(
     Returns {"All", "Things", "Stuff": {pq, sq, rq, n}, "per_category": [...],
     "images": {ground_truth, evaluated, missing, extra}}; scores are fractions in [0, 1].
     """
-    gt_doc = json.loads(_read(gt_json, storage_options))
-    pred_doc = json.loads(_read(pred_json, storage_options))
-    categories = {c["id"]: c for c in gt_doc["categories"]}
-    gt_by_name = _annotations_by_name(gt_doc, full_names)
-    pred_by_name = _annotations_by_name(pred_doc, full_names)
+    return evaluate_sets(PanopticSet.at(pred_json, pred_png_dir, storage_options),
+                         PanopticSet.at(gt_json, gt_png_dir, storage_options),
+                         full_names=full_names)
+
+
+def evaluate_sets(pred: PanopticSet, gt: PanopticSet, *, full_names: bool = False
+                  ) -> dict[str, Any]:
+    """`evaluate` of documents already read, each PNG read by its set's `read_png`."""
+    categories = {c["id"]: c for c in gt.document["categories"]}
+    gt_by_name = _annotations_by_name(gt.document, full_names)
+    pred_by_name = _annotations_by_name(pred.document, full_names)
 
     def one_image(name: str) -> PQStat:
         gt_ann = gt_by_name[name]
         pred_ann = pred_by_name.get(name)
         if pred_ann is None:
             return _missed(gt_ann, categories)
-        gt_url = _join(gt_png_dir, gt_ann["file_name"])
-        pred_url = _join(pred_png_dir, pred_ann["file_name"])
-        gt_ids, gt_segments = _ground_truth(
-            read_id_map(gt_url, storage_options), gt_ann, categories
-        )
-        pred_ids = read_id_map(pred_url, storage_options)
+        gt_ids, gt_segments = ground_truth(gt.id_map(gt_ann["file_name"]),
+                                           gt_ann["segments_info"], categories)
+        pred_ids = pred.id_map(pred_ann["file_name"])
+        pred_url = pred.png_url(pred_ann["file_name"])
         if pred_ids.shape != gt_ids.shape:
             raise ValueError(f"{pred_url}: size {pred_ids.shape} differs from GT {gt_ids.shape}")
-        pred_segments = _predictions(pred_ids, pred_ann, categories, pred_url)
+        pred_segments = predictions(pred_ids, pred_ann["segments_info"], categories, pred_url)
         return pq_single_image(gt_ids, gt_segments, pred_ids, pred_segments)
 
     total = PQStat()

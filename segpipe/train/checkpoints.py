@@ -1,7 +1,9 @@
 """Training checkpoints on storage, and resuming from them.
 
 A checkpoint is a folder: `model/` (what `save.py` publishes: safetensors, processor
-config, labels.json) and `state.pt` (optimizer, step, epoch, training time, history).
+config, labels.json), `state.json` (step, epoch, training time, history: what the driver
+reads) and `optimizer.pt` (the optimizer's state, as large as the weights twice over: only a
+resume loads it).
 Ray Train keeps them under `checkpoint_root(...)/<run name>/`; a run started again with
 the same settings finds its latest checkpoint there and goes on from it.
 """
@@ -21,7 +23,8 @@ from segpipe.model.loading import LABELS_FILE
 from segpipe.train.labels import LabelPlan
 
 MODEL_DIR = "model"
-STATE_FILE = "state.pt"
+STATE_FILE = "state.json"
+OPTIMIZER_FILE = "optimizer.pt"
 
 
 @dataclass
@@ -66,8 +69,15 @@ def save_model(model: Any, processor: Any, plan: LabelPlan, folder: str) -> None
 def write_checkpoint(folder: str, model: Any, processor: Any, plan: LabelPlan,
                      optimizer: torch.optim.Optimizer, state: TrainState) -> None:
     save_model(model, processor, plan, os.path.join(folder, MODEL_DIR))
-    torch.save({"optimizer": optimizer.state_dict(), "state": asdict(state)},
-               os.path.join(folder, STATE_FILE))
+    torch.save(optimizer.state_dict(), os.path.join(folder, OPTIMIZER_FILE))
+    with open(os.path.join(folder, STATE_FILE), "w") as f:
+        json.dump(asdict(state), f)
+
+
+def read_state(folder: str) -> TrainState:
+    """The checkpoint's TrainState, without its weights or optimizer state."""
+    with open(os.path.join(folder, STATE_FILE)) as f:
+        return TrainState(**json.load(f))
 
 
 def read_checkpoint(folder: str, model: Any, optimizer: torch.optim.Optimizer | None) -> TrainState:
@@ -77,7 +87,7 @@ def read_checkpoint(folder: str, model: Any, optimizer: torch.optim.Optimizer | 
     disk; a strict copy into `model` then fails loudly on a checkpoint of another model."""
     restored = type(model).from_pretrained(os.path.join(folder, MODEL_DIR), use_safetensors=True)
     model.load_state_dict(restored.state_dict())
-    saved = torch.load(os.path.join(folder, STATE_FILE), weights_only=True)
     if optimizer is not None:
-        optimizer.load_state_dict(saved["optimizer"])
-    return TrainState(**saved["state"])
+        optimizer.load_state_dict(torch.load(os.path.join(folder, OPTIMIZER_FILE),
+                                             weights_only=True))
+    return read_state(folder)

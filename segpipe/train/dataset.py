@@ -18,7 +18,7 @@ from PIL import Image
 
 from segpipe.destination import layout
 from segpipe.formats import coco
-from segpipe.io.storage import Folder, filesystem, redact_uri, with_retries
+from segpipe.io.storage import Folder, read_url, redact_uri
 from segpipe.train.config import FinetuneError
 
 PANOPTIC_JSON = "panoptic.json"
@@ -27,10 +27,16 @@ IMAGES_DIR = "images"
 
 
 @dataclass(frozen=True)
-class Segment:
+class GroundTruthSegment:
+    """One labeled segment of an example, as its annotation's segments_info lists it: its id
+    in the PNG, its category, whether it is a crowd region."""
+
     id: int
     category_id: int
     iscrowd: bool
+
+    def to_coco(self) -> dict[str, int]:
+        return {"id": self.id, "category_id": self.category_id, "iscrowd": int(self.iscrowd)}
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,7 @@ class Example:
     name: str  # images[].file_name, as the dataset gives it
     image_uri: str
     png_url: str
-    segments: tuple[Segment, ...]
+    segments: tuple[GroundTruthSegment, ...]
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,8 @@ def read_dataset(url: str, storage_options: dict[str, Any] | None = None) -> Dat
         if image is None:
             raise FinetuneError(f"{where}: annotation {annotation.get('file_name')!r} names "
                                 f"image id {annotation['image_id']}, which is not in images")
-        segments = tuple(Segment(int(s["id"]), int(s["category_id"]), bool(s.get("iscrowd", 0)))
+        segments = tuple(GroundTruthSegment(int(s["id"]), int(s["category_id"]),
+                                            bool(s.get("iscrowd", 0)))
                          for s in annotation.get("segments_info", []))
         unknown = {s.category_id for s in segments} - known
         if unknown:
@@ -127,17 +134,12 @@ def _unit(name: str) -> float:
     return int(hashlib.sha256(name.encode()).hexdigest()[:12], 16) / float(1 << 48)
 
 
-def _read(url: str, storage_options: dict[str, Any]) -> bytes:
-    fs, path = filesystem(url, storage_options)
-    return with_retries(lambda: fs.cat_file(path), what=url, doing="reading")
-
-
 def load_example(example: Example, storage_options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """(RGB image, segment id map) at the image's own size."""
     try:
-        with Image.open(io.BytesIO(_read(example.image_uri, storage_options))) as img:
+        with Image.open(io.BytesIO(read_url(example.image_uri, storage_options))) as img:
             image = np.asarray(img.convert("RGB"))
-        ids = coco.png_to_id_map(_read(example.png_url, storage_options))
+        ids = coco.png_to_id_map(read_url(example.png_url, storage_options))
     except FinetuneError:
         raise
     except Exception as exc:

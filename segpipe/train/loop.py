@@ -20,7 +20,7 @@ from segpipe.train.checkpoints import TrainState, read_checkpoint, write_checkpo
 from segpipe.train.config import FinetuneConfig
 from segpipe.train.dataset import Example
 from segpipe.train.labels import LabelPlan, refit_head
-from segpipe.train.metrics import held_out_pq
+from segpipe.train.metrics import HeldOutImage, held_out_pq, read_held_out
 
 
 def learning_rate(settings: FinetuneConfig, step: int, progress_done: float) -> float:
@@ -71,8 +71,10 @@ def train_loop(cfg: dict[str, Any]) -> None:
         "find_unused_parameters": True})
     model = getattr(net, "module", net)
     _move_optimizer(optimizer, device)
+    # Read once per run: the held-out PQ of every epoch scores the same images (first worker).
+    held_out = read_held_out(val_set, settings.storage_options) if rank == 0 else []
     if state.pq_before is None and rank == 0:
-        state.pq_before = _pq(model, processor, val_set, plan, family, device, settings)
+        state.pq_before = _pq(model, processor, held_out, plan, family, device, settings)
     per_epoch = steps_per_epoch(settings, len(train_set), world)
     total_steps = per_epoch * settings.epochs
     budget = settings.max_minutes * 60 if settings.max_minutes else None
@@ -110,14 +112,14 @@ def train_loop(cfg: dict[str, Any]) -> None:
                 "eta_s": progress.eta_seconds(state.step, total_steps, rate, state.train_seconds,
                                               budget)})
         state.epoch += 1
-        _end_epoch(state, losses, model, processor, optimizer, val_set, plan, family, device,
+        _end_epoch(state, losses, model, processor, optimizer, held_out, plan, family, device,
                    settings, rank, finished=out_of_time or state.epoch == settings.epochs)
         if out_of_time:
             break
 
 
 def _end_epoch(state: TrainState, losses: list[float], model: Any, processor: Any,
-               optimizer: torch.optim.Optimizer, val_set: list[Example], plan: LabelPlan,
+               optimizer: torch.optim.Optimizer, held_out: list[HeldOutImage], plan: LabelPlan,
                family: str, device: torch.device, settings: FinetuneConfig, rank: int, *,
                finished: bool) -> None:
     """Held-out PQ, the epoch's entry in the history, a checkpoint, and Ray Train's report."""
@@ -127,7 +129,7 @@ def _end_epoch(state: TrainState, losses: list[float], model: Any, processor: An
                                "loss": sum(losses) / len(losses) if losses else None,
                                "train_seconds": round(state.train_seconds, 1)}
     if rank == 0:
-        pq = _pq(model, processor, val_set, plan, family, device, settings)
+        pq = _pq(model, processor, held_out, plan, family, device, settings)
         metrics |= {"pq": pq["All"]["pq"] if pq else None, "finished": finished}
         state.history.append(metrics | {"scores": pq})
     with tempfile.TemporaryDirectory() as folder:
@@ -138,12 +140,12 @@ def _end_epoch(state: TrainState, losses: list[float], model: Any, processor: An
             ray.train.report(metrics, checkpoint=None)
 
 
-def _pq(model: Any, processor: Any, val_set: list[Example], plan: LabelPlan, family: str,
+def _pq(model: Any, processor: Any, held_out: list[HeldOutImage], plan: LabelPlan, family: str,
         device: torch.device, settings: FinetuneConfig) -> dict[str, Any] | None:
-    if not val_set:
+    if not held_out:
         return None
-    return held_out_pq(model, processor, val_set, plan, family=family, device=device,
-                       batch_size=settings.batch_size, storage_options=settings.storage_options)
+    return held_out_pq(model, processor, held_out, plan, family=family, device=device,
+                       batch_size=settings.batch_size)
 
 
 def _agree(flag: bool, world: int, device: torch.device) -> bool:

@@ -3,52 +3,61 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from segpipe.io.storage import redact_uri
 from segpipe.model import postprocess
-from segpipe.tools.evaluate import PQStat, pq_single_image, scores
+from segpipe.tools.evaluate import PQStat, ground_truth, pq_single_image, predictions, scores
 from segpipe.train.dataset import Example, load_example
 from segpipe.train.labels import LabelPlan
 
 
-def _segments_of(ids: np.ndarray, category_of: dict[int, int], crowd: set[int]) -> dict[int, dict]:
-    labels, counts = np.unique(ids, return_counts=True)
-    return {int(k): {"category_id": category_of[int(k)], "area": int(n),
-                     "iscrowd": int(int(k) in crowd)}
-            for k, n in zip(labels.tolist(), counts.tolist(), strict=True)
-            if int(k) in category_of}
+@dataclass(frozen=True)
+class HeldOutImage:
+    """A held-out example, read and decoded: its RGB image and its segment id map."""
+
+    example: Example
+    image: np.ndarray
+    ids: np.ndarray
+
+
+def read_held_out(examples: Sequence[Example], storage_options: dict[str, Any] | None = None,
+                  ) -> list[HeldOutImage]:
+    """The held-out images, read once per run: every epoch scores the same ones."""
+    return [HeldOutImage(e, *load_example(e, storage_options or {})) for e in examples]
 
 
 @torch.inference_mode()
-def held_out_pq(model: Any, processor: Any, examples: Sequence[Example], plan: LabelPlan, *,
-                family: str, device: torch.device, batch_size: int = 8,
-                storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """PQ / SQ / RQ (All, Things, Stuff, per category) of `model` on `examples`."""
+def held_out_pq(model: Any, processor: Any, held_out: Sequence[HeldOutImage], plan: LabelPlan, *,
+                family: str, device: torch.device, batch_size: int = 8) -> dict[str, Any]:
+    """PQ / SQ / RQ (All, Things, Stuff, per category) of `model` on `held_out`."""
     was_training = model.training
     model.eval()
     stuff = {i for i, c in enumerate(plan.categories) if not c["isthing"]}
+    categories = {int(c["id"]): c for c in plan.categories}
     total = PQStat()
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        loaded = [load_example(e, storage_options or {}) for e in chunk]
+    for start in range(0, len(held_out), batch_size):
+        chunk = held_out[start:start + batch_size]
         kwargs: dict[str, Any] = {"return_tensors": "pt"}
         if family == "oneformer":
             kwargs["task_inputs"] = ["panoptic"] * len(chunk)
-        inputs = processor(images=[image for image, _ in loaded], **kwargs)
+        inputs = processor(images=[h.image for h in chunk], **kwargs)
         tensors = {k: v.to(device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
         outputs = model(**tensors)
         results = postprocess.post_process_panoptic(
             outputs.class_queries_logits.float(), outputs.masks_queries_logits.float(),
-            [ids.shape for _, ids in loaded], label_ids_to_fuse=stuff, family=family)
-        for example, (_, gt_ids), result in zip(chunk, loaded, results, strict=True):
-            gt = {s.id: s.category_id for s in example.segments}
-            crowd = {s.id for s in example.segments if s.iscrowd}
+            [h.ids.shape for h in chunk], label_ids_to_fuse=stuff, family=family)
+        for held, result in zip(chunk, results, strict=True):
+            gt_ids, gt_segments = ground_truth(
+                held.ids, [s.to_coco() for s in held.example.segments], categories)
             pred_ids = result.id_map.to("cpu", torch.int32).numpy()
-            pred = {s.segment_id: int(plan.categories[s.label_id]["id"]) for s in result.segments}
-            total.add(pq_single_image(gt_ids, _segments_of(gt_ids, gt, crowd), pred_ids,
-                                      _segments_of(pred_ids, pred, set())))
+            pred_segments = predictions(pred_ids, [
+                {"id": s.segment_id, "category_id": int(plan.categories[s.label_id]["id"])}
+                for s in result.segments], categories, redact_uri(held.example.image_uri))
+            total.add(pq_single_image(gt_ids, gt_segments, pred_ids, pred_segments))
     model.train(was_training)
     return scores(total, plan.categories)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
-import torch
-
 from segpipe.core.errors import SegpipeError
 from segpipe.io.storage import redact_uri
-from segpipe.labels import LabelSet, match_label_set
+from segpipe.labels import LabelSet
+from segpipe.model.loading import model_labels
 from segpipe.train.card import model_card
-from segpipe.train.checkpoints import STATE_FILE, TrainState, checkpoint_root, ray_storage
+from segpipe.train.checkpoints import checkpoint_root, ray_storage, read_state
 from segpipe.train.config import FinetuneConfig, FinetuneError
 from segpipe.train.dataset import Dataset, read_dataset, split
 from segpipe.train.labels import LabelPlan, plan_labels
@@ -25,30 +23,13 @@ class FinetuneFailed(SegpipeError, RuntimeError):
     """Training stopped with an error; the message says where."""
 
 
-def base_labels(settings: FinetuneConfig) -> tuple[LabelSet, int]:
-    """The base model's label set and label count, from its config (no weights loaded)."""
-    from transformers import AutoConfig
-
-    from segpipe.model.loading import LABELS_FILE, ModelLoadError, resolve_location
-
-    location = resolve_location(settings.base_model, None, settings.storage_options)
-    try:
-        config = AutoConfig.from_pretrained(location, trust_remote_code=False)
-    except Exception as exc:
-        raise ModelLoadError(f"could not load model {redact_uri(settings.base_model)!r}: {exc}") from exc
-    label_map = os.path.join(location, LABELS_FILE)
-    labels = match_label_set(dict(config.id2label), model=redact_uri(settings.base_model),
-                             label_map=label_map if os.path.exists(label_map) else None)
-    return labels, int(config.num_labels)
-
-
 def prepare(settings: FinetuneConfig) -> tuple[Dataset, list[Any], list[Any], LabelPlan, LabelSet]:
     dataset = read_dataset(settings.train, settings.storage_options)
     if settings.val:
         train, val = dataset.examples, read_dataset(settings.val, settings.storage_options).examples
     else:
         train, val = split(dataset.examples, settings.val_fraction)
-    base, count = base_labels(settings)
+    base, count = model_labels(settings.base_model, storage_options=settings.storage_options)
     return dataset, train, val, plan_labels(dataset.categories, base, count), base
 
 
@@ -96,8 +77,7 @@ def finetune(settings: FinetuneConfig) -> dict[str, Any]:
                            f"{settings.val_fraction:.0%} of the images, by a hash of each file name")}
     labels = {"categories": plan.categories, **plan.describe(base)}
     with result.checkpoint.as_directory() as folder:
-        saved = torch.load(os.path.join(folder, STATE_FILE), weights_only=True)
-        state = TrainState(**saved["state"])
+        state = read_state(folder)  # not the optimizer's state, which only a resume needs
         written = publish(folder, settings.out, model_card(settings, state, data, labels),
                           settings.storage_options)
     after = state.history[-1]["scores"] if state.history else None

@@ -4,12 +4,15 @@ suggested thresholds and their file."""
 from __future__ import annotations
 
 import json
+from collections import Counter
+from dataclasses import dataclass, field
 
 import pytest
 from panopticapi.evaluation import pq_compute_single_core
 
 from segpipe.cli import main
 from segpipe.destination import layout
+from segpipe.io.storage import Folder
 from segpipe.review.importing import run_import
 from segpipe.review.report import review_report
 from segpipe.review.thresholds import FORMAT, suggest_thresholds
@@ -66,6 +69,29 @@ def test_ground_truth_as_reviews_gives_segpipe_evals_pq(demo_scenes_and_dst, dst
     assert review_report(str(dst))["pq"] == pytest.approx(expected, abs=1e-12)
     remote = upload(dst, bucket, "dst")
     assert review_report(remote)["pq"] == pytest.approx(expected, abs=1e-12)
+
+
+@dataclass(frozen=True)
+class CountingFolder(Folder):
+    """A destination that counts the reads of each key."""
+
+    reads: Counter = field(default_factory=Counter, compare=False)
+
+    def read_bytes(self, key: str) -> bytes:
+        self.reads[key] += 1
+        return super().read_bytes(key)
+
+
+def test_the_report_reads_each_file_once_through_the_destination(dst, tmp_path):
+    tasks, _, _ = edited_export(dst, tmp_path)
+    run_import(str(dst), "labelstudio", str(write(tmp_path, tasks)))
+    folder = CountingFolder(str(dst))
+    review_report(folder)
+    reviewed = json.loads((dst / layout.REVIEWED_PANOPTIC).read_text())
+    pngs = [f"{layout.REVIEWED_PNG_DIR}/{a['file_name']}" for a in reviewed["annotations"]]
+    assert folder.reads[layout.REVIEWED_PANOPTIC] == 1
+    assert folder.reads[layout.MERGED_PANOPTIC] == 1
+    assert [folder.reads[key] for key in pngs] == [1] * len(pngs) and pngs
 
 
 def test_thresholds_are_the_lowest_score_still_mostly_kept():

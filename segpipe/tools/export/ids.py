@@ -25,7 +25,7 @@ from segpipe.core.errors import SegpipeError
 from segpipe.core.identity import duplicate_ids
 from segpipe.core.identity import image_id as name_hash
 from segpipe.destination.reader import AnnotatedImage
-from segpipe.io.storage import filesystem, with_retries
+from segpipe.io.storage import read_url
 from segpipe.labels import Category
 
 SHOWN = 5  # how many unmatched names an error lists
@@ -97,8 +97,7 @@ class ExportIds:
 
 
 def _read_json(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
-    fs, path = filesystem(url, storage_options)
-    data = with_retries(lambda: fs.cat_file(path), what=url, doing="reading")
+    data = read_url(url, storage_options)
     try:
         document = json.loads(data)
     except ValueError as exc:
