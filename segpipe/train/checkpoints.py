@@ -25,6 +25,9 @@ from segpipe.train.labels import LabelPlan
 MODEL_DIR = "model"
 STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.pt"
+# Checkpoints of earlier versions held the optimizer and the training state in one file; a
+# run started before the split still resumes from them.
+LEGACY_STATE_FILE = "state.pt"
 
 
 @dataclass
@@ -76,8 +79,16 @@ def write_checkpoint(folder: str, model: Any, processor: Any, plan: LabelPlan,
 
 def read_state(folder: str) -> TrainState:
     """The checkpoint's TrainState, without its weights or optimizer state."""
-    with open(os.path.join(folder, STATE_FILE)) as f:
+    path = os.path.join(folder, STATE_FILE)
+    if not os.path.exists(path) and os.path.exists(os.path.join(folder, LEGACY_STATE_FILE)):
+        return TrainState(**_legacy(folder)["state"])
+    with open(path) as f:
         return TrainState(**json.load(f))
+
+
+def _legacy(folder: str) -> dict[str, Any]:
+    saved: dict[str, Any] = torch.load(os.path.join(folder, LEGACY_STATE_FILE), weights_only=True)
+    return saved
 
 
 def read_checkpoint(folder: str, model: Any, optimizer: torch.optim.Optimizer | None) -> TrainState:
@@ -88,6 +99,7 @@ def read_checkpoint(folder: str, model: Any, optimizer: torch.optim.Optimizer | 
     restored = type(model).from_pretrained(os.path.join(folder, MODEL_DIR), use_safetensors=True)
     model.load_state_dict(restored.state_dict())
     if optimizer is not None:
-        optimizer.load_state_dict(torch.load(os.path.join(folder, OPTIMIZER_FILE),
-                                             weights_only=True))
+        path = os.path.join(folder, OPTIMIZER_FILE)
+        optimizer.load_state_dict(torch.load(path, weights_only=True) if os.path.exists(path)
+                                  else _legacy(folder)["optimizer"])
     return read_state(folder)

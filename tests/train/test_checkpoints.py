@@ -51,3 +51,20 @@ def test_the_training_state_reads_without_the_optimizer_state(tmp_path, tiny_mod
     for tensors in Path(tmp_path).glob("*.pt"):  # the optimizer's state: only a resume needs it
         tensors.unlink()
     assert read_state(str(tmp_path)) == state
+
+
+def test_a_checkpoint_of_the_earlier_one_file_layout_still_resumes(tmp_path, tiny_model):
+    from dataclasses import asdict
+
+    loaded, optimizer, plan = trained_a_step(tiny_model)
+    state = TrainState(epoch=4, step=16, history=[{"epoch": 4}])
+    write_checkpoint(str(tmp_path), loaded.model, loaded.processor, plan, optimizer, state)
+    # As earlier versions wrote it: the optimizer and the state together in state.pt.
+    for name in ("state.json", "optimizer.pt"):
+        (tmp_path / name).unlink()
+    torch.save({"optimizer": optimizer.state_dict(), "state": asdict(state)}, tmp_path / "state.pt")
+    assert read_state(str(tmp_path)) == state
+    fresh = load_model(tiny_model, device="cpu").model
+    fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=0.01)
+    assert read_checkpoint(str(tmp_path), fresh, fresh_optimizer) == state
+    assert fresh_optimizer.state_dict()["state"].keys() == optimizer.state_dict()["state"].keys()
