@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -15,7 +14,7 @@ from segpipe.core.config import JobConfig
 from segpipe.destination.reader import table_dataset
 from segpipe.io.storage import Folder
 from tests.support.images import write_images
-from tests.support.outputs import read_panoptic, read_table
+from tests.support.outputs import printed_json, read_panoptic, read_table
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -69,7 +68,7 @@ def test_three_runs_over_a_growing_prefix(tmp_path, tiny_model, capsys):
     assert {s["run"] for s in segments} <= {"00001", "00002", "00003"}
 
     assert main(["runs", config.dst, "--json"]) == 0
-    runs = json.loads(capsys.readouterr().out)
+    runs = printed_json(capsys.readouterr().out)
     assert [(r["run_id"], r["images"], r["status"]) for r in runs] == [
         ("00001", 4, "complete"), ("00002", 3, "complete"), ("00003", 1, "complete"),
         ("00004", 0, "complete")]

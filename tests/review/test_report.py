@@ -18,6 +18,7 @@ from segpipe.review.report import review_report
 from segpipe.review.thresholds import FORMAT, suggest_thresholds
 from segpipe.tools.evaluate import evaluate
 from tests.review.labelstudio_edits import edited_export, write
+from tests.support.outputs import printed_json
 from tests.support.reviews import upload
 
 
@@ -51,7 +52,7 @@ def test_report_counts_pq_and_thresholds(dst, tmp_path, capsys):
     thresholds = tmp_path / "thresholds.json"
     capsys.readouterr()  # panopticapi's progress lines
     assert main(["review-report", str(dst), "--json", "--write-thresholds", str(thresholds)]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    printed = printed_json(capsys.readouterr().out)
     assert {"images_reviewed", "pq", "sq", "rq", "segments", "per_class",
             "reviewer_seconds"} <= set(printed)
     written = json.loads(thresholds.read_text())

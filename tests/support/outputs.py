@@ -14,6 +14,23 @@ from pycocotools import mask as mask_utils
 from segpipe.io.storage import Folder
 
 
+def printed_json(out: str) -> Any:
+    """The JSON document a command printed, from captured stdout. The session's Ray prints
+    what its raylet reports (a worker that died, in this test or an earlier one) to the
+    driver's stdout at any moment, over several lines: the document is the first one that
+    starts a line and decodes."""
+    decoder = json.JSONDecoder()
+    offset = 0
+    for line in out.splitlines(keepends=True):
+        if line[:1] in "[{":
+            try:
+                return decoder.raw_decode(out, offset)[0]
+            except json.JSONDecodeError:
+                pass
+        offset += len(line)
+    raise AssertionError(f"no JSON document in the output: {out[:2000]!r}")
+
+
 def read_table(dst: Folder, name: str) -> list[dict[str, Any]]:
     dataset = ds.dataset(dst.path(f"tables/{name}"), filesystem=dst.fs, format="parquet",
                          partitioning="hive")
