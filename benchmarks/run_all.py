@@ -204,10 +204,13 @@ def stages_section() -> list[str]:
     for x in stages["results"]:
         lines.append(f"| {x['size']} | " + " | ".join(str(x["cpu_ms_per_image"][k]) for k in keys)
                      + " |")
-    lines += ["", "What bounds the steady rate on 2 cores: per 640x480 image about 100 ms of "
-              "CPU (forward about 27, post-processing to full size about 31, decode 7, PNG 5, "
-              "RLE and boxes 4, shard files the rest), so even both cores fully used give "
-              "about 50 ms an image; the 25 ms target needs about 4 free cores. On a GPU "
+    lines += ["", "What bounds the steady rate on 2 cores: per 640x480 image about 45 ms of "
+              "CPU on one thread (forward about 11, post-processing to full size about 15, "
+              "decode 4, PNG 2, RLE and boxes 1, shard files the rest, spread here over 8 "
+              "images a shard), so both cores fully used give about 22 ms an image; the "
+              "peers run's 17-18 ms is a shard of 100 images spreading its files thinner. A "
+              "sampling profile of a worker shows the post-processing threads busier than "
+              "the forward, so post-processing is the next thing to cut. On a GPU "
               "node the forward and post-processing move to the device, leaving decode, "
               "PNG, RLE and the tables (about 20 ms of CPU at 640x480, 100 ms at 1920x1080) "
               "on `--cpus-per-worker` threads: with 16 cores one worker can decode and "
