@@ -196,6 +196,31 @@ def test_small_chunks_give_the_same_result() -> None:
                 assert x.score == y.score or abs(x.score - y.score) < 1e-5
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dense_and_tiled_merges_agree(family: str) -> None:
+    """Which merge a target gets is a cost choice (`fits_dense`): both give the same
+    segments and the same id map, at sizes either side of the choice."""
+    from segpipe.model.postprocess.merging import merge, merge_dense
+
+    fam = FAMILIES[family]
+    cls, masks = make_outputs(1, seed=11)
+    scores, labels = cls[0].softmax(-1).max(-1)
+    kept = ((labels != cls.shape[-1] - 1) & (scores > 0.8)).nonzero().flatten()
+    source = masks[0, kept] if fam.mid_size is not None else masks[0, kept].sigmoid()
+    fuse = once_per_label(cls, 0.8)
+    options = {"mask_threshold": 0.5, "overlap_mask_area_threshold": 0.8, "fuse_labels": fuse}
+    for size in [(60, 80), (97, 130), (240, 320)]:
+        dense = merge_dense(source, scores[kept], labels[kept], size, fam, **options)
+        grid = make_grid(tuple(source.shape[-2:]), fam.mid_size, size, antialias=fam.antialias,
+                         tile=16, between=torch.sigmoid if fam.mid_size else None,
+                         device=source.device)
+        tiled = merge(grid, source, scores[kept], labels[kept], max_chunk_pixels=1 << 22,
+                      **options)
+        assert torch.equal(dense.id_map, tiled.id_map), size
+        assert dense.segments == tiled.segments
+        assert len(dense.segments) >= 30
+
+
 def test_no_confident_query_gives_void_and_no_segments() -> None:
     cls, masks = make_outputs(2, kept=0, seed=1)
     for family in FAMILIES:
