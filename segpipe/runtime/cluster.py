@@ -3,6 +3,7 @@ get from the driver, and how many workers its resources fit."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -67,6 +68,16 @@ def _start_local(dashboard: bool) -> None:
     worker process of its own (about a second) instead of taking one that is already up."""
     os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
     ray.init(log_to_driver=True, logging_level=logging.WARNING, include_dashboard=dashboard)
+    atexit.register(stop_monitor)  # runs before Ray's own exit hook, registered at its import
+
+
+def stop_monitor() -> None:
+    """Stop a local Ray's autoscaler monitor, which a one-node cluster does not need. Ray's
+    shutdown stops the GCS first; the monitor, asked to stop after it, tries to report to
+    the stopped GCS and is killed a second later, a second of every command's exit."""
+    node = getattr(ray._private.worker, "_global_node", None)  # no public handle on it
+    if node is not None and hasattr(node, "kill_monitor"):
+        node.kill_monitor(check_alive=False)
 
 
 def cluster_resources() -> tuple[float, float]:

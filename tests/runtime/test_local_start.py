@@ -1,5 +1,6 @@
 """A local Ray as `init_ray` starts it: its workers get the driver's environment without a
-runtime env, so the first actor can take a worker Ray started ahead with the cluster.
+runtime env, so the first actor can take a worker Ray started ahead with the cluster; the
+exit hook stops the autoscaler monitor, which a one-node cluster does not use.
 
 The test session already holds a Ray, so the start runs in a process of its own.
 """
@@ -17,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
 import json, os, ray
-from segpipe.runtime.cluster import init_ray
+from segpipe.runtime.cluster import init_ray, stop_monitor
 
 init_ray(None)
 
@@ -26,8 +27,14 @@ class Probe:
     def seen(self):
         return {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "AWS_ENDPOINT_URL")}
 
-seen = ray.get(Probe.remote().seen.remote())
-print(json.dumps({"runtime_env": dict(ray.get_runtime_context().runtime_env), "seen": seen}))
+probe = Probe.remote()
+seen = ray.get(probe.seen.remote())
+monitor = ray._private.worker._global_node.all_processes["monitor"][0].process
+alive_before = monitor.poll() is None
+stop_monitor()
+print(json.dumps({"runtime_env": dict(ray.get_runtime_context().runtime_env), "seen": seen,
+                  "monitor_before": alive_before, "monitor_after": monitor.poll() is None,
+                  "runs_after": ray.get(probe.seen.remote()) == seen}))
 ray.shutdown()
 """
 
@@ -43,3 +50,6 @@ def test_a_local_start_passes_the_environment_without_a_runtime_env():
     # A runtime env keeps the first actor off the workers Ray started ahead (they have none).
     assert got["runtime_env"] == {}
     assert got["seen"] == {"OMP_WAIT_POLICY": "PASSIVE", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+    # The exit hook stops the autoscaler monitor first; the cluster keeps working without it.
+    assert got["monitor_before"] and not got["monitor_after"]
+    assert got["runs_after"]
