@@ -204,19 +204,29 @@ def stages_section() -> list[str]:
     for x in stages["results"]:
         lines.append(f"| {x['size']} | " + " | ".join(str(x["cpu_ms_per_image"][k]) for k in keys)
                      + " |")
-    lines += ["", "What bounds the steady rate on 2 cores: per 640x480 image about 45 ms of "
-              "CPU on one thread (forward about 11, post-processing to full size about 15, "
-              "decode 4, PNG 2, RLE and boxes 1, shard files the rest, spread here over 8 "
-              "images a shard), so both cores fully used give about 22 ms an image; the "
-              "peers run's 17-18 ms is a shard of 100 images spreading its files thinner. A "
-              "sampling profile of a worker shows the post-processing threads busier than "
-              "the forward, so post-processing is the next thing to cut. On a GPU "
-              "node the forward and post-processing move to the device, leaving decode, "
-              "PNG, RLE and the tables (about 20 ms of CPU at 640x480, 100 ms at 1920x1080) "
-              "on `--cpus-per-worker` threads: with 16 cores one worker can decode and "
-              "encode some 500-800 640x480 images a second (or 100-150 at 1920x1080), as "
-              "Pillow's decoder, zlib and torch release the GIL; one thread's 100 ms at "
-              "1920x1080 would cap a GPU at 10 images a second."]
+    at = {x["size"]: x["cpu_ms_per_image"] for x in stages["results"]}
+    small, large = at.get("640x480"), at.get("1920x1080")
+    if small and large:
+        def cpu_side(ms: dict[str, float]) -> float:  # what stays on the CPU beside a GPU
+            return ms["decode"] + ms["write_and_commit"]
+
+        lines += ["", f"What bounds the steady rate on 2 cores: a 640x480 image takes about "
+                  f"{small['total']:.0f} ms of CPU on one thread (forward "
+                  f"{small['preprocess_forward']:.0f}, post-processing to full size "
+                  f"{small['postprocess']:.0f}, decode {small['decode']:.0f}, PNG "
+                  f"{small['png']:.0f}, RLE and boxes {small['rle_and_stats']:.0f}, shard "
+                  "files the rest, spread here over 8 images a shard), so both cores fully "
+                  f"used give about {small['total'] / 2:.0f} ms an image; the peers run's "
+                  "shards of 100 images spread their files thinner. On a GPU node the forward "
+                  "and post-processing move to the device, leaving decode, PNG, RLE and the "
+                  f"tables (about {cpu_side(small):.0f} ms of CPU at 640x480, "
+                  f"{cpu_side(large):.0f} ms at 1920x1080) on `--cpus-per-worker` threads: "
+                  f"with 16 cores one worker can decode and encode some "
+                  f"{16000 / cpu_side(small):.0f} 640x480 images a second (or "
+                  f"{16000 / cpu_side(large):.0f} at 1920x1080), as Pillow's decoder, zlib and "
+                  "torch release the GIL; on one thread, "
+                  f"{cpu_side(large):.0f} ms at 1920x1080 would cap a GPU at "
+                  f"{1000 / cpu_side(large):.0f} images a second."]
     return lines
 
 

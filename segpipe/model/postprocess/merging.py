@@ -65,20 +65,15 @@ def merge(grid: Grid, source: torch.Tensor, scores: torch.Tensor, labels: torch.
     return SegmentationResult(render(grid, resolved, ids), _segment_list(ids, labels, scores, fuse))
 
 
-# Dense costs every kept query every target pixel; tiling costs a few hundred small ops plus
-# the pixels of mixed tiles. Measured on the demo model's outputs, one CPU thread: dense is
-# faster up to about half a million (query, target pixel) pairs (3.3-4.0 against 4.7-8.5 ms an
-# image at 128x128), tiling beyond (10.4 against 15.7 ms at 640x480, 36 against 168 at 1080p).
-DENSE_MAX_PAIRS = 1 << 19
-
-
+# Dense is a few large ops that release the GIL; tiling is hundreds of small ones. On one
+# thread tiling takes less CPU from about half a million (query, pixel) pairs (640x480: 10.4
+# against 15.7 ms an image), but in the annotate pipeline, where post-processing shares the
+# GIL with decode and the forward, taking it there measured no faster (21.6-23.8 against
+# 20.7-21.7 ms an image, 400 images, 2 CPUs), so dense stays the choice up to the memory cap.
 def fits_dense(kept: int, size: tuple[int, int], fam: Family, max_chunk_pixels: int) -> bool:
-    """Small enough that resampling every kept query whole is cheaper than tiling, within the
-    same memory cap."""
+    """Small enough to resample every kept query whole: cheaper than tiling, same memory cap."""
     mid = fam.mid_size or (0, 0)
-    pixels = size[0] * size[1]
-    return (kept * pixels <= DENSE_MAX_PAIRS
-            and kept * max(pixels, mid[0] * mid[1]) <= max_chunk_pixels)
+    return kept * max(size[0] * size[1], mid[0] * mid[1]) <= max_chunk_pixels
 
 
 def merge_dense(source: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
