@@ -191,6 +191,11 @@ def peers_section() -> list[str]:
     return lines
 
 
+def cpu_side(ms: dict[str, float]) -> float:
+    """A stage row's CPU work that stays on the CPU when the model runs on a GPU."""
+    return ms["decode"] + ms["write_and_commit"]
+
+
 def stages_section() -> list[str]:
     """Per-image CPU time by stage (benchmarks/stages.py), and what it means for more cores."""
     stages = load("stages")
@@ -207,9 +212,6 @@ def stages_section() -> list[str]:
     at = {x["size"]: x["cpu_ms_per_image"] for x in stages["results"]}
     small, large = at.get("640x480"), at.get("1920x1080")
     if small and large:
-        def cpu_side(ms: dict[str, float]) -> float:  # what stays on the CPU beside a GPU
-            return ms["decode"] + ms["write_and_commit"]
-
         lines += ["", f"What bounds the steady rate on 2 cores: a 640x480 image takes about "
                   f"{small['total']:.0f} ms of CPU on one thread (forward "
                   f"{small['preprocess_forward']:.0f}, post-processing to full size "

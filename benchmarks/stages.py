@@ -132,7 +132,6 @@ def main() -> None:
             data = Path(render_corpus(Path(tmp), width, height, 1)[0]).read_bytes()
         row: dict[str, Any] = {"size": size, "cpu_ms_per_image": stage_times(data, args.repeat, args.batch)}
         ms = row["cpu_ms_per_image"]
-        # write_and_commit holds the PNG and the RLE again: count them once.
         ms["total"] = round(sum(ms[k] for k in ONCE_EACH), 2)
         emit(row)
         if args.profile:

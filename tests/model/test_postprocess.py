@@ -198,8 +198,8 @@ def test_small_chunks_give_the_same_result() -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_dense_and_tiled_merges_agree(family: str) -> None:
-    """Which merge a target gets is a cost choice (`fits_dense`): both give the same
-    segments and the same id map, at sizes either side of the choice."""
+    """Which merge a target gets is a cost choice (`fits_dense`), never a change in the
+    result: called directly, both give the same segments and the same id map."""
     from segpipe.model.postprocess.merging import merge, merge_dense
 
     fam = FAMILIES[family]

@@ -65,11 +65,11 @@ def merge(grid: Grid, source: torch.Tensor, scores: torch.Tensor, labels: torch.
     return SegmentationResult(render(grid, resolved, ids), _segment_list(ids, labels, scores, fuse))
 
 
-# Dense is a few large ops that release the GIL; tiling is hundreds of small ones. On one
-# thread tiling takes less CPU from about half a million (query, pixel) pairs (640x480: 10.4
-# against 15.7 ms an image), but in the annotate pipeline, where post-processing shares the
-# GIL with decode and the forward, taking it there measured no faster (21.6-23.8 against
-# 20.7-21.7 ms an image, 400 images, 2 CPUs), so dense stays the choice up to the memory cap.
+# On one thread tiling takes less CPU than dense from about half a million (query, pixel)
+# pairs (640x480: 10.4 against 15.7 ms an image), but switching there made the annotate
+# pipeline no faster (21.6-23.8 against 20.7-21.7 ms an image, 400 images, 2 CPUs): tiling
+# is hundreds of small ops, which likely contend for the GIL with decode and the forward.
+# So dense stays the choice up to the memory cap.
 def fits_dense(kept: int, size: tuple[int, int], fam: Family, max_chunk_pixels: int) -> bool:
     """Small enough to resample every kept query whole: cheaper than tiling, same memory cap."""
     mid = fam.mid_size or (0, 0)
