@@ -29,7 +29,10 @@ def id_map_to_png(id_map: np.ndarray) -> bytes:
     height, width = ids.shape
     rows = np.zeros((height, 1 + 3 * width), np.uint8)  # each row: filter type 0, then RGB
     rgb = rows[:, 1:].reshape(height, width, 3)
-    rgb[..., 0], rgb[..., 1], rgb[..., 2] = ids, ids >> 8, ids >> 16  # uint8 keeps the low byte
+    if ids.size and ids.max() < 256:  # nearly every image: G and B stay 0, one pass fills R
+        rgb[..., 0] = ids
+    else:
+        rgb[..., 0], rgb[..., 1], rgb[..., 2] = ids, ids >> 8, ids >> 16  # uint8 keeps the low byte
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit truecolor
     return b"".join([PNG_SIGNATURE, _png_chunk(b"IHDR", header),
                      _png_chunk(b"IDAT", zlib.compress(rows.data, PNG_COMPRESS_LEVEL)),

@@ -65,6 +65,9 @@ class Segmenter:
     allow_pickle_weights: bool = False
     storage_options: dict[str, Any] = field(default_factory=dict)
     class_thresholds: ClassThresholds | None = None  # per category name, over `threshold`
+    # Panoptic's dense/tiled merge choice (postprocess.fits_dense); None: the device's own.
+    # The output is the same either way; benchmarks set it to compare the two.
+    dense_max_pairs: int | None = None
     loaded: LoadedModel | None = field(default=None, repr=False)
     label_thresholds: dict[int, float] | None = field(default=None, repr=False)
 
@@ -229,7 +232,7 @@ class Segmenter:
             mask_threshold=self.mask_threshold,
             overlap_mask_area_threshold=self.overlap_mask_area_threshold,
             label_ids_to_fuse=loaded.label_set.stuff_model_labels(), family=loaded.family,
-            class_thresholds=self.label_thresholds)
+            class_thresholds=self.label_thresholds, dense_max_pairs=self.dense_max_pairs)
 
 
 def _failure(image: DecodedImage, exc: BaseException) -> ImageFailure:

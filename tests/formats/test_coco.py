@@ -34,6 +34,16 @@ def test_the_png_holds_ids_as_coco_panoptic_defines_them():
     assert np.array_equal(r + 256 * g + 256**2 * b, IDS)
 
 
+def test_maps_under_256_ids_give_the_bytes_pillow_reads_back_as_coco_defines_them():
+    """Maps whose ids fit in R (nearly all) take a one-channel path; their pixels must be
+    what the general encoding gives: R = id, G = B = 0."""
+    small = np.array([[0, 1, 2], [255, 7, 0]], dtype=np.int32)
+    rgb = np.asarray(Image.open(io.BytesIO(id_map_to_png(small))))
+    assert np.array_equal(rgb[..., 0], small) and not rgb[..., 1:].any()
+    assert np.array_equal(png_to_id_map(id_map_to_png(small)), small)
+    assert png_to_id_map(id_map_to_png(np.zeros((1, 4), np.int32))).tolist() == [[0] * 4]
+
+
 
 def _maps() -> list[np.ndarray]:
     """Id maps with runs that start at row 0, end at the last row, span columns, and ids

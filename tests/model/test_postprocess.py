@@ -221,6 +221,42 @@ def test_dense_and_tiled_merges_agree(family: str) -> None:
         assert len(dense.segments) >= 30
 
 
+def test_the_cpu_threshold_count_compares_in_float32_as_torch_does() -> None:
+    """The dense merge counts pixels >= mask_threshold with numpy on the CPU. 0.7 rounds down
+    to float32, so a value of float32(0.7) passes in float32 and fails in float64: the
+    count must be torch's, value for value."""
+    from segpipe.model.postprocess.merging import _count_at_least
+
+    edge = np.float32(0.7)
+    around = [np.nextafter(edge, np.float32(0)), edge, np.nextafter(edge, np.float32(1))]
+    values = torch.tensor([[around, around[::-1]], [[edge] * 3, [0.0, 1.0, edge]]])
+    got = _count_at_least(values, 0.7)
+    assert got.tolist() == (values >= 0.7).flatten(1).sum(1).tolist() == [4, 5]
+    assert got.dtype == torch.int64
+
+
+def test_the_merge_choice_is_per_device_and_never_changes_the_result() -> None:
+    """On a CPU a 640x480 target with five kept queries is tiled (cheaper there); on a GPU the
+    same target stays dense up to the memory cap. Forcing either through the public function
+    gives the same id maps and segments."""
+    from segpipe.model.postprocess.merging import fits_dense
+    from segpipe.model.postprocess.tiling import DEFAULT_MAX_CHUNK_PIXELS
+
+    fam = FAMILIES["mask2former"]
+    cap = DEFAULT_MAX_CHUNK_PIXELS
+    assert not fits_dense(5, (480, 640), fam, cap, device=torch.device("cpu"))
+    assert fits_dense(5, (240, 320), fam, cap, device=torch.device("cpu"))
+    assert fits_dense(5, (480, 640), fam, cap, device=torch.device("cuda"))
+    assert not fits_dense(5, (480, 640), fam, cap, device=torch.device("cuda"), max_pairs=0)
+    cls, masks = make_outputs(2, seed=5)
+    dense = postprocess.post_process_panoptic(cls, masks, [(120, 160), (97, 130)],
+                                              dense_max_pairs=1 << 62)
+    tiled = postprocess.post_process_panoptic(cls, masks, [(120, 160), (97, 130)],
+                                              dense_max_pairs=0)
+    for a, b in zip(dense, tiled, strict=True):
+        assert torch.equal(a.id_map, b.id_map) and a.segments == b.segments and a.segments
+
+
 def test_no_confident_query_gives_void_and_no_segments() -> None:
     cls, masks = make_outputs(2, kept=0, seed=1)
     for family in FAMILIES:

@@ -7,6 +7,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from functools import partial
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -65,15 +66,28 @@ def merge(grid: Grid, source: torch.Tensor, scores: torch.Tensor, labels: torch.
     return SegmentationResult(render(grid, resolved, ids), _segment_list(ids, labels, scores, fuse))
 
 
-# On one thread tiling takes less CPU than dense from about half a million (query, pixel)
-# pairs (640x480: 10.4 against 15.7 ms an image), but switching there made the annotate
-# pipeline no faster (21.6-23.8 against 20.7-21.7 ms an image, 400 images, 2 CPUs): tiling
-# is hundreds of small ops, which likely contend for the GIL with decode and the forward.
-# So dense stays the choice up to the memory cap.
-def fits_dense(kept: int, size: tuple[int, int], fam: Family, max_chunk_pixels: int) -> bool:
-    """Small enough to resample every kept query whole: cheaper than tiling, same memory cap."""
+# On a CPU, tiling costs a few hundred small ops plus the mixed tiles' pixels, and dense costs
+# every kept query at every target pixel: on the demo model's outputs (one thread) dense is
+# cheaper up to about 480x360 (19.1-19.7 against 19.1-22.4 ms an image), tiling beyond
+# (640x480: 20.5-21.2 against 25.5-28.5 ms). In the worker's own threading (a forward thread
+# beside a finishing pool that post-processes and encodes, 2 cores, 10 interleaved rounds)
+# tiling at 640x480 took 8% less CPU and 6% less wall time an image, faster in 9 rounds of 10
+# (benchmarks/merge_choice.py; an earlier, non-interleaved comparison saw no gain). On a GPU, dense
+# is a few large kernels where tiling is hundreds of small ones and several syncs, so it
+# stays dense up to the memory cap.
+CPU_DENSE_MAX_PAIRS = 1 << 20
+
+
+def fits_dense(kept: int, size: tuple[int, int], fam: Family, max_chunk_pixels: int, *,
+               device: torch.device, max_pairs: int | None = None) -> bool:
+    """Whether to resample every kept query whole rather than tile: cheaper up to `max_pairs`
+    (kept query, target pixel) pairs (None: the device's own limit), within the memory cap
+    that tiling keeps to as well."""
+    if max_pairs is None:
+        max_pairs = CPU_DENSE_MAX_PAIRS if device.type == "cpu" else max_chunk_pixels
     mid = fam.mid_size or (0, 0)
-    return kept * max(size[0] * size[1], mid[0] * mid[1]) <= max_chunk_pixels
+    pixels = size[0] * size[1]
+    return kept * pixels <= max_pairs and kept * max(pixels, mid[0] * mid[1]) <= max_chunk_pixels
 
 
 def merge_dense(source: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
@@ -93,12 +107,24 @@ def merge_dense(source: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor
     # CPU, whose argmax over a leading dimension does not vectorize.
     winner = values.max(0).indices
     area = torch.bincount(winner.flatten(), minlength=len(scores))
-    original = (values >= mask_threshold).flatten(1).sum(1)
+    original = _count_at_least(values, mask_threshold)
     valid = _validity(area, original, overlap_mask_area_threshold)
     fuse = torch.isin(labels, torch.tensor(sorted(fuse_labels), dtype=labels.dtype,
                                            device=labels.device))
     ids = _segment_ids(valid, labels, fuse)
-    return SegmentationResult(ids.to(torch.int32)[winner], _segment_list(ids, labels, scores, fuse))
+    # index_select: a flat gather, several times faster than indexing by a 2-D index tensor.
+    id_map = ids.to(torch.int32).index_select(0, winner.flatten()).view(size)
+    return SegmentationResult(id_map, _segment_list(ids, labels, scores, fuse))
+
+
+def _count_at_least(values: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(K,) how many of each query's values are >= threshold. On the CPU by numpy, whose
+    count_nonzero runs a third of the time of torch's sum, which widens the bools to int64
+    first; both compare in float32 (the threshold is a weak Python float in each)."""
+    if values.device.type == "cpu":
+        flat = values.numpy().reshape(len(values), -1)
+        return torch.from_numpy(np.count_nonzero(flat >= threshold, axis=1))
+    return (values >= threshold).flatten(1).sum(1)
 
 
 def _segment_list(ids: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor,

@@ -83,12 +83,14 @@ def post_process_panoptic(
     max_chunk_pixels: int = DEFAULT_MAX_CHUNK_PIXELS,
     tile: int = DEFAULT_TILE,
     class_thresholds: Mapping[int, float] | None = None,
+    dense_max_pairs: int | None = None,
 ) -> list[SegmentationResult]:
     """Panoptic segmentation, as ``post_process_panoptic_segmentation``.
 
     `threshold` defaults to transformers' 0.5 (the original models were evaluated at 0.8).
     `target_sizes=None` keeps the processor's own output size. `class_thresholds` (model
-    label -> score) replaces `threshold` for the labels it lists.
+    label -> score) replaces `threshold` for the labels it lists. `dense_max_pairs` moves the
+    choice between the dense and the tiled merge (see `fits_dense`); the result is the same.
     """
     fam = _family(family)
     cls = class_queries_logits.float()
@@ -108,7 +110,8 @@ def post_process_panoptic(
         source = masks[i, kept]
         if fam.mid_size is None:
             source = source.sigmoid()
-        if fits_dense(len(kept), size, fam, max_chunk_pixels):
+        if fits_dense(len(kept), size, fam, max_chunk_pixels, device=masks.device,
+                      max_pairs=dense_max_pairs):
             results.append(merge_dense(
                 source, scores[i, kept], labels[i, kept], size, fam, mask_threshold=mask_threshold,
                 overlap_mask_area_threshold=overlap_mask_area_threshold,
