@@ -235,6 +235,9 @@ def stages_section() -> list[str]:
 
 def merge_choice_section() -> list[str]:
     """Dense against tiled panoptic merging on a CPU (benchmarks/merge_choice.py)."""
+    # The page states the threshold the code uses, not a copy of it (imported here: it loads torch).
+    from segpipe.model.postprocess.merging import CPU_DENSE_MAX_PAIRS
+
     mc = load("merge_choice")
     if not mc:
         return []
@@ -248,8 +251,9 @@ def merge_choice_section() -> list[str]:
             f"{dense['cpu_ms_per_image']} ms CPU an image, tiled {tiled['wall_ms_per_image']} ms "
             f"and {tiled['cpu_ms_per_image']} ms (tiled over dense: wall "
             f"{ratio['wall_ms_per_image']}, CPU {ratio['cpu_ms_per_image']}; tiled faster in "
-            f"{faster} of {len(mc['rounds'])} rounds). So on a CPU the merge tiles beyond about "
-            "a million query-pixel pairs; on a GPU it stays dense up to the memory cap."]
+            f"{faster} of {len(mc['rounds'])} rounds). So on a CPU the merge tiles beyond "
+            f"{CPU_DENSE_MAX_PAIRS:,} query-pixel pairs; on a GPU it stays dense up to the "
+            "memory cap."]
 
 
 def cpu_cores() -> str:
