@@ -373,7 +373,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("botocore", "aiobotocore", "s3fs", "urllib3", "fsspec"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger(noisy).level))
     try:
-        return int(args.func(args) or 0)
+        try:
+            return int(args.func(args) or 0)
+        finally:
+            # The command is done: a local Ray it started goes now, not at the interpreter's
+            # exit. Only a command that used Ray imported the module that starts one.
+            cluster = sys.modules.get("segpipe.runtime.cluster")
+            if cluster is not None:
+                cluster.stop_local()
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130

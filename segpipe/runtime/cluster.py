@@ -66,9 +66,26 @@ def _start_local(dashboard: bool) -> None:
     the workers get it with no runtime env. A runtime env would also cost the start: the
     workers Ray starts ahead with the cluster have none, so the first actor would wait for a
     worker process of its own (about a second) instead of taking one that is already up."""
+    global _started_local
     os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
     ray.init(log_to_driver=True, logging_level=logging.WARNING, include_dashboard=dashboard)
+    _started_local = True
     atexit.register(stop_monitor)  # runs before Ray's own exit hook, registered at its import
+
+
+_started_local = False  # whether this process started the local Ray it is connected to
+
+
+def stop_local() -> None:
+    """Stop the local Ray this process started, if it did (a cluster it joined is left as it
+    is). Ray's own exit hook would do it too, but first sleeps half a second so that the
+    workers' last log lines can still print; a command that has written its results has
+    nothing left to wait for, and every command's exit would pay that half second."""
+    global _started_local
+    if _started_local and ray.is_initialized():
+        stop_monitor()
+        ray.shutdown()
+    _started_local = False
 
 
 def stop_monitor() -> None:

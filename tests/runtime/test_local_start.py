@@ -1,6 +1,7 @@
 """A local Ray as `init_ray` starts it: its workers get the driver's environment without a
 runtime env, so the first actor can take a worker Ray started ahead with the cluster; the
-exit hook stops the autoscaler monitor, which a one-node cluster does not use.
+exit hook stops the autoscaler monitor, which a one-node cluster does not use; a command
+stops the local Ray it started when it is done, not at the interpreter's exit.
 
 The test session already holds a Ray, so the start runs in a process of its own.
 """
@@ -13,6 +14,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from tests.support.images import write_images
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,3 +60,34 @@ def test_a_local_start_passes_the_environment_without_a_runtime_env():
     # At exit the autoscaler monitor is stopped before Ray's shutdown; Ray works without it.
     assert got["monitor_running"]
     assert at_exit == {"monitor_at_exit": False, "ray_up_at_exit": True, "runs_at_exit": True}
+
+
+COMMAND = """
+import atexit, json, os, sys, psutil, ray
+from segpipe.cli import main
+
+def at_exit():
+    # Registered before the command starts Ray, so it runs before Ray's own exit hook.
+    print(json.dumps({"ray_up_at_exit": ray.is_initialized()}))
+
+atexit.register(at_exit)
+rc = main(["annotate", *sys.argv[1:], "--num-workers", "1", "--no-progress"])
+children = [p for p in psutil.Process().children() if p.status() != psutil.STATUS_ZOMBIE]
+print(json.dumps({"rc": rc, "ray_up": ray.is_initialized(), "children": len(children)}))
+"""
+
+
+def test_a_command_stops_the_local_ray_it_started_when_it_is_done(tmp_path, tiny_model):
+    # Left to Ray's exit hook, the stop would first sleep half a second, on every command.
+    write_images(tmp_path / "src", 2, seed=3)
+    ray_tmp = tempfile.mkdtemp(prefix="seglocal-")
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_TMPDIR": ray_tmp}
+    done = subprocess.run([sys.executable, "-c", COMMAND, str(tmp_path / "src"),
+                           str(tmp_path / "dst"), "--model", tiny_model], env=env, cwd=ROOT,
+                          text=True, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got, at_exit = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+    # Its processes (GCS, raylet, agents) are gone when the command returns.
+    assert got == {"rc": 0, "ray_up": False, "children": 0}
+    assert at_exit == {"ray_up_at_exit": False}
+    assert (tmp_path / "dst" / "panoptic.json").exists()
