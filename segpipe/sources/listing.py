@@ -128,6 +128,11 @@ def _wanted(name: str, start: str) -> bool:
 
 
 def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
+    # By protocol first: importing s3fs (aiobotocore, aiohttp) costs a local run most of a
+    # second of CPU, while Ray starts beside the listing.
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    if "s3" not in protocols:
+        return False
     try:
         from s3fs import S3FileSystem
     except ImportError:  # pragma: no cover - s3fs is a dependency, but keep other stores usable

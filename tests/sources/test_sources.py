@@ -7,6 +7,8 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
 import tarfile
 from collections import Counter
 from dataclasses import dataclass
@@ -743,3 +745,17 @@ def test_a_container_read_failing_transiently_fails_the_shard_not_its_images(
         with pytest.raises(OSError) as raised:
             list(through_proxy.fetch(refs))
     assert is_transient(raised.value) and proxy.injected["503"] >= 1
+
+
+def test_a_local_listing_does_not_import_the_s3_client(tmp_path):
+    # Importing s3fs (aiobotocore, aiohttp) costs most of a second of CPU, and a local run
+    # lists its source while Ray starts beside it. A process of its own: this one has S3 loaded.
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    script = ("import sys; from segpipe.sources.listing import list_files; "
+              f"names = [e.path for e in list_files({str(tmp_path)!r})]; "
+              "print(names, 's3fs' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "False"
+    assert "a.jpg" in done.stdout
