@@ -375,12 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
             return int(args.func(args) or 0)
-        finally:
-            # The command is done: a local Ray it started goes now, not at the interpreter's
-            # exit. Only a command that used Ray imported the module that starts one.
-            cluster = sys.modules.get("segpipe.runtime.cluster")
-            if cluster is not None:
-                cluster.stop_local()
+        finally:  # a local Ray the command started goes now, not at the interpreter's exit
+            if (cluster := sys.modules.get("segpipe.runtime.cluster")) is not None:
+                cluster.stop_local()  # only a command that used Ray imported this module
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -77,7 +77,8 @@ def test_killed_driver_resumes_to_identical_outputs(tmp_path, tiny_model):
                              *args[1:]], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_until(lambda: len(commits(resumed)) >= 2, timeout=180)
+        # Generous: under a parallel test run on few cores, a fresh Ray and model take minutes.
+        wait_until(lambda: len(commits(resumed)) >= 2, timeout=420)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
         proc.wait()
