@@ -27,6 +27,7 @@ BENCHMARKS = {
     "peers": ["-m", "benchmarks.peers"],
     "stages": ["-m", "benchmarks.stages"],
     "merge_choice": ["-m", "benchmarks.merge_choice"],
+    "startup": ["-m", "benchmarks.startup"],
 }
 
 
@@ -256,6 +257,29 @@ def merge_choice_section() -> list[str]:
             "memory cap."]
 
 
+def startup_section() -> list[str]:
+    """Where a local run's fixed cost goes (benchmarks/startup.py)."""
+    st = load("startup")
+    if not st:
+        return []
+    m = st["median"]
+    worker = m["import_torch_s"] + m["import_transformers_s"] + m["model_load_s"]
+    return [f"A local run's fixed cost, part by part (`python -m benchmarks.startup`; medians of "
+            f"{st['repeat']} fresh processes each): Ray's start {m['ray_start_s']} s, the cores "
+            f"{m['machine_busy_share']:.0%} busy meanwhile, of which {m['api_server_wait_s']} s "
+            "waiting for Ray's API server to publish its address before Ray starts the raylet; "
+            f"then in the worker, `import torch` {m['import_torch_s']} s, the transformers "
+            f"modules its first model load imports {m['import_transformers_s']} s, the load "
+            "itself "
+            f"{m['model_load_s']} s ({worker:.1f} s in all, on one core, before the first "
+            "forward); and after the last line of output, "
+            f"{m['exit_after_last_line_s']} s to the process's end. Ray's start and the "
+            "worker's imports are other projects' code run once a job, and the worker cannot "
+            "import before Ray has started its process: having the workers Ray starts ahead "
+            "import them (Ray's module preload) gained nothing, as Ray starts those as the "
+            "driver connects, at the end of its start, one per CPU, each importing."]
+
+
 def cpu_cores() -> str:
     """The CPU machine as its end-to-end run recorded it."""
     tp = load("e2e_throughput")
@@ -288,7 +312,7 @@ def render() -> None:
              "| what | measured | figure | target | |", "|---|---|---|---|---|", *rows(), "",
              *e2e_notes(), "", *finetune_notes(),
              "## Against its peers on real-size images", "", *peers_section(), "",
-             *stages_section(), "", *merge_choice_section(), "",
+             *startup_section(), "", *stages_section(), "", *merge_choice_section(), "",
              "## GPU", "", *gpu_section(), ""]
     DOC.write_text("\n".join(lines))
 
