@@ -271,7 +271,7 @@ def startup_section() -> list[str]:
             f"then in the worker, `import torch` {m['import_torch_s']} s, the transformers "
             f"modules its first model load imports {m['import_transformers_s']} s, the load "
             "itself "
-            f"{m['model_load_s']} s ({worker:.1f} s in all, on one core, before the first "
+            f"{m['model_load_s']} s ({worker:.1f} s in all, one after another, before the first "
             "forward); and after the last line of output, "
             f"{m['exit_after_last_line_s']} s to the process's end. Ray's start and the "
             "worker's imports are other projects' code run once a job, and the worker cannot "

@@ -31,10 +31,12 @@ from typing import Any
 from benchmarks.common import emit, write_result
 from benchmarks.peers import render_corpus
 
+ROOT = Path(__file__).resolve().parents[1]  # the scripts import benchmarks.common from here
+
 RAY_START = """
 import cProfile, json, pstats, time, psutil
-times = psutil.cpu_times()
-busy0, started = sum(times) - times.idle, time.perf_counter()
+from benchmarks.common import machine_busy_seconds
+busy0, started = machine_busy_seconds(), time.perf_counter()
 import ray
 from segpipe.runtime.cluster import init_ray
 profile = cProfile.Profile()
@@ -42,8 +44,7 @@ profile.enable()
 init_ray(None)
 profile.disable()
 wall = time.perf_counter() - started
-times = psutil.cpu_times()
-busy = sum(times) - times.idle - busy0
+busy = machine_busy_seconds() - busy0
 stats = pstats.Stats(profile).stats
 def cumulative(file_end, name):
     return sum(v[3] for (path, _, fn), v in stats.items() if path.endswith(file_end) and fn == name)
@@ -78,8 +79,8 @@ print(json.dumps(ray.get(load.remote())))
 
 
 def _json_from(script: str, env: dict[str, str]) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                          text=True, check=True, timeout=600)
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT,
+                          capture_output=True, text=True, check=True, timeout=600)
     return json.loads([x for x in done.stdout.splitlines() if x.startswith("{")][-1])
 
 

@@ -43,6 +43,7 @@ from segpipe.sources.base import (
     Skipped,
     uri_of,
 )
+from segpipe.sources.policy import protocols_of
 
 GLOB_CHARS = "*?["
 PAGE_SIZE = 1000
@@ -130,8 +131,7 @@ def _wanted(name: str, start: str) -> bool:
 def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
     # By protocol first: importing s3fs (aiobotocore, aiohttp) costs a local run most of a
     # second of CPU, while Ray starts beside the listing.
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
-    if "s3" not in protocols:
+    if "s3" not in protocols_of(fs):
         return False
     try:
         from s3fs import S3FileSystem

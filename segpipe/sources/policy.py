@@ -47,14 +47,20 @@ def scheme_of(uri: str) -> str:
     return LOCAL_SCHEME if protocol in (None, "file", "local") else protocol.lower()
 
 
+def protocols_of(fs: fsspec.AbstractFileSystem | type[fsspec.AbstractFileSystem],
+                 ) -> tuple[str, ...]:
+    """The protocols a filesystem (or its class) answers to (s3fs: s3 and s3a): by these, not
+    by class, a caller tells stores apart without importing their clients."""
+    return (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+
+
 def schemes_of_filesystem(url: str) -> frozenset[str]:
     """The schemes of the filesystem `url` is on: its own and its aliases (s3 and s3a)."""
     scheme = scheme_of(url)
     try:
-        protocols = fsspec.get_filesystem_class(scheme).protocol
+        aliases = protocols_of(fsspec.get_filesystem_class(scheme))
     except (ImportError, ValueError):  # a scheme fsspec does not know reads nothing anyway
         return frozenset({scheme})
-    aliases = {protocols} if isinstance(protocols, str) else set(protocols)
     return frozenset({scheme, *(LOCAL_SCHEME if p == "local" else p for p in aliases)})
 
 

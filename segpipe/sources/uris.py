@@ -30,7 +30,7 @@ from segpipe.sources.base import (
     too_large,
     uri_of,
 )
-from segpipe.sources.policy import HTTP_SCHEMES, UriPolicy
+from segpipe.sources.policy import HTTP_SCHEMES, UriPolicy, protocols_of
 from segpipe.sources.redacted import Recover
 
 READ_CHUNK = 2**20
@@ -95,8 +95,7 @@ def read_capped(fs: fsspec.AbstractFileSystem, path: str, max_bytes: int,
 
 def _is_http(fs: fsspec.AbstractFileSystem) -> bool:
     # By protocol, not class: importing fsspec's HTTP filesystem loads aiohttp everywhere.
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
-    return any(p in HTTP_SCHEMES for p in protocols)
+    return any(p in HTTP_SCHEMES for p in protocols_of(fs))
 
 
 def _size_or_none(fs: fsspec.AbstractFileSystem, path: str) -> int | None:

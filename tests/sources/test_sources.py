@@ -759,3 +759,13 @@ def test_a_local_listing_does_not_import_the_s3_client(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-1] == "False"
     assert "a.jpg" in done.stdout
+
+
+def test_s3_urls_still_list_through_s3s_own_pages(bucket: str, tmp_path):
+    # The protocol check that spares a local run the s3fs import must still tell S3 apart,
+    # under either of its schemes: a walk in place of S3's pages would list the same keys.
+    from segpipe.sources.listing import _is_s3
+
+    assert _is_s3(filesystem(f"s3://{bucket}/p")[0])
+    assert _is_s3(filesystem(f"s3a://{bucket}/p")[0])
+    assert not _is_s3(filesystem(str(tmp_path))[0])
