@@ -80,9 +80,12 @@ def _decode(data: bytes, max_pixels: int) -> np.ndarray:
             if width < 1 or height < 1:
                 raise DecodeError(f"image has no pixels ({width}x{height})")
             img.seek(0)  # first frame of animated GIF / multi-page TIFF
-            rgb = _to_rgb(ImageOps.exif_transpose(img))
+            img.load()
+            # In place, and no conversion of what is RGB already: each would copy the pixels.
+            ImageOps.exif_transpose(img, in_place=True)
+            rgb = _to_rgb(img)
             rgb.load()
-            return np.asarray(rgb, dtype=np.uint8).copy()
+            return np.array(rgb, dtype=np.uint8)  # writable, as torch.from_numpy wants
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -101,4 +104,4 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (0, 0, 0, 255))
         return Image.alpha_composite(background, img).convert("RGB")
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
