@@ -21,7 +21,7 @@ TASK_THRESHOLDS = {"panoptic": 0.5, "instance": 0.5, "semantic": 0.0}
 # Fields that change what the outputs contain; a destination refuses a run that differs.
 FINGERPRINT_FIELDS = (
     "model", "revision", "dtype", "task", "label_map", "threshold", "mask_threshold",
-    "overlap_mask_area_threshold", "source_format", "class_thresholds",
+    "overlap_mask_area_threshold", "source_format", "class_thresholds", "jpeg_draft",
 )
 
 
@@ -117,6 +117,10 @@ class JobConfig:
     allow_pickle_weights: bool = False
     max_image_pixels: int = 89_478_485  # Pillow's own default decompression-bomb limit
     max_image_bytes: int = 256 * 2**20  # a bigger image file is an errors row, never read whole
+    # Decode JPEGs at the smallest 1/2, 1/4 or 1/8 scale that the model's input size still
+    # fits (libjpeg's DCT scaling): faster decode and resize, outputs still at full size, but
+    # not bit-equal to decoding in full, so off unless asked.
+    jpeg_draft: bool = False
     read_threads: int = 8
     read_timeout: float = 300.0  # seconds one image's read may take before it is an errors row
     # Seconds a shard may take on its worker; off by default, since a healthy shard's time

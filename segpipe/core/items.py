@@ -62,6 +62,16 @@ class DecodedImage:
     ref: ImageRef
     pixels: np.ndarray
     content_hash: str
+    # (H, W) of the image itself when `pixels` are a reduced-size JPEG draft (--jpeg-draft);
+    # the outputs are always at this size.
+    stored_size: tuple[int, int] | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of the image, which its outputs take."""
+        if self.stored_size is not None:
+            return self.stored_size
+        return int(self.pixels.shape[0]), int(self.pixels.shape[1])
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,6 +98,16 @@ class Segmenter:
             self.loaded = loaded
         return self.loaded
 
+    def input_edge(self) -> int | None:
+        """The fewest pixels a side of an image may have for the model's input to be resized
+        from it, never up: the processor's largest target side (a fixed height and width, or
+        the shortest edge); None when its config names none."""
+        processor = self.setup().processor
+        size = getattr(getattr(processor, "image_processor", processor), "size", None) or {}
+        values = dict(size)  # a dict, or transformers' SizeDict
+        sides = [int(values[k]) for k in ("height", "width", "shortest_edge") if values.get(k)]
+        return max(sides) if sides else None
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["loaded"] = None  # the model never travels; each worker loads its own
@@ -169,7 +179,7 @@ class Segmenter:
         import torch
 
         loaded = self.setup()
-        sizes = [(int(img.pixels.shape[0]), int(img.pixels.shape[1])) for img in item.images]
+        sizes = [img.size for img in item.images]
         with torch.inference_mode():
             results = self._segment_logits(loaded, item.class_logits.float(),
                                            item.mask_logits.float(), sizes)

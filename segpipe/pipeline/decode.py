@@ -30,15 +30,19 @@ def supported_formats() -> tuple[str, ...]:
     return tuple(name for name in FORMATS if name in Image.OPEN)
 
 
-def decode_image(ref: ImageRef, data: bytes, *, max_pixels: int) -> DecodedImage | ImageFailure:
+def decode_image(ref: ImageRef, data: bytes, *, max_pixels: int,
+                 draft_to: int | None = None) -> DecodedImage | ImageFailure:
     """Decode the first frame to RGB uint8, EXIF orientation applied.
 
     The pixel limit is checked on the header before any pixel is decoded, so a
-    decompression bomb costs nothing. Any failure is the image's: it becomes an
+    decompression bomb costs nothing. With `draft_to`, a JPEG decodes at the smallest of
+    libjpeg's 1/2, 1/4 and 1/8 scales whose sides are both at least that many pixels, and the
+    image keeps its stored size for the outputs. Any failure is the image's: it becomes an
     ImageFailure naming the URI, never an exception.
     """
     try:
-        return DecodedImage(ref, _decode(data, max_pixels), content_hash(data))
+        pixels, stored_size = _decode(data, max_pixels, draft_to)
+        return DecodedImage(ref, pixels, content_hash(data), stored_size)
     except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise more than OSError/ValueError
         return ImageFailure(ref, "decode", type(exc).__name__, f"{ref.display}: {exc}")
 
@@ -55,7 +59,9 @@ def _over_limit(width: int, height: int, max_pixels: int) -> DecodeError:
                        f"{max_pixels} (raise --max-image-pixels to allow it)")
 
 
-def _decode(data: bytes, max_pixels: int) -> np.ndarray:
+def _decode(data: bytes, max_pixels: int,
+            draft_to: int | None) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """The pixels, and the image's (H, W) when they are a reduced-size draft."""
     if not data:
         raise DecodeError("empty file (0 bytes)")
     _allow_in_pillow(max_pixels)
@@ -80,12 +86,30 @@ def _decode(data: bytes, max_pixels: int) -> np.ndarray:
             if width < 1 or height < 1:
                 raise DecodeError(f"image has no pixels ({width}x{height})")
             img.seek(0)  # first frame of animated GIF / multi-page TIFF
+            stored_size = _drafted(img, draft_to) if draft_to else None
             img.load()
             # In place, and no conversion of what is RGB already: each would copy the pixels.
             ImageOps.exif_transpose(img, in_place=True)
             rgb = _to_rgb(img)
             rgb.load()
-            return np.array(rgb, dtype=np.uint8)  # writable, as torch.from_numpy wants
+            return np.array(rgb, dtype=np.uint8), stored_size  # writable, for torch.from_numpy
+
+
+# EXIF orientations that turn the image a quarter: its (H, W) as viewed is (width, height).
+QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def _drafted(img: Image.Image, draft_to: int) -> tuple[int, int] | None:
+    """Ask a JPEG's decoder for a reduced-size draft whose sides are at least `draft_to`;
+    the image's viewed (H, W) when it did, else None. Must run before the pixels load."""
+    if img.format != "JPEG":
+        return None
+    width, height = img.size
+    quarter = img.getexif().get(0x0112) in QUARTER_TURNS
+    img.draft(img.mode, (draft_to, draft_to))
+    if img.size == (width, height):
+        return None  # full size already is the smallest that fits
+    return (width, height) if quarter else (height, width)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

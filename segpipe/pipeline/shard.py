@@ -128,9 +128,10 @@ def fetch_within(source: Source, refs: list[ImageRef], *, threads: int,
 
 def prefetch_decoded(source: Source, shard: Shard, *, read_threads: int, max_pixels: int,
                      depth: int, read_timeout: float | None = None, decode_threads: int = 1,
-                     ) -> Iterator[DecodedImage | ImageFailure]:
+                     draft_to: int | None = None) -> Iterator[DecodedImage | ImageFailure]:
     """Fetched and decoded images in plan order, produced up to `depth` ahead on a thread,
-    decoded on `decode_threads` (Pillow's decoders release the GIL)."""
+    decoded on `decode_threads` (Pillow's decoders release the GIL); JPEGs as reduced-size
+    drafts whose sides are at least `draft_to` pixels, when given."""
 
     def fetched() -> Iterator[tuple[ImageRef, bytes | ImageFailure]]:
         """The source's fetch, with the refs whose names the plan withheld as failures, in
@@ -143,7 +144,7 @@ def prefetch_decoded(source: Source, shard: Shard, *, read_threads: int, max_pix
     def decode(fetched_image: tuple[ImageRef, bytes | ImageFailure]) -> DecodedImage | ImageFailure:
         ref, data = fetched_image
         return data if isinstance(data, ImageFailure) else decode_image(
-            ref, data, max_pixels=max_pixels)
+            ref, data, max_pixels=max_pixels, draft_to=draft_to)
 
     def decoded() -> Iterator[DecodedImage | ImageFailure]:
         if decode_threads <= 1:
@@ -175,6 +176,7 @@ def process_shard(
     read_timeout: float | None = None,
     model_lock: AbstractContextManager[Any] | None = None,
     cpu_threads: int = 1,
+    jpeg_draft: bool = False,
 ) -> ShardResult:
     """Process and commit one shard; returns its commit marker and timings. Per-image failures
     become error rows; only a failure of the shard as a whole raises.
@@ -184,7 +186,8 @@ def process_shard(
     their outputs while the model works on the next (PNG uploads fan out from there).
     Decode and finishing each get `cpu_threads` threads: their work (Pillow, zlib, torch)
     releases the GIL, so it spreads over the worker's CPUs. This thread adds the finished
-    batches' rows in submission order, so a retried shard writes equal bytes.
+    batches' rows in submission order, so a retried shard writes equal bytes. With
+    `jpeg_draft`, JPEGs decode as drafts just large enough for the model's input.
     """
     started_at = time.time()
     loaded = segmenter.setup()
@@ -234,6 +237,7 @@ def process_shard(
         try:
             for item in prefetch_decoded(source, shard, read_threads=read_threads,
                                          max_pixels=max_pixels, depth=2 * batch_size,
+                                         draft_to=segmenter.input_edge() if jpeg_draft else None,
                                          read_timeout=read_timeout, decode_threads=threads):
                 if isinstance(item, ImageFailure):
                     enqueue(failed(item))

@@ -34,6 +34,7 @@ class WorkerSpec:
     read_timeout: float | None = None  # seconds per image read; None: no limit
     # Threads for the worker's per-image CPU work (decode, post-process, encode): its CPUs.
     cpu_threads: int = 1
+    jpeg_draft: bool = False  # JPEGs decode as drafts just large enough for the model
     fault: str | None = None  # test hook: a shard id that always fails, named in SEGPIPE_FAULT_SHARD
 
     @classmethod
@@ -43,7 +44,8 @@ class WorkerSpec:
                    config.read_threads, config.max_image_pixels, torch_threads=torch_threads,
                    read_timeout=config.read_timeout,
                    # Per-image CPU work spreads over the CPUs the worker declares.
-                   cpu_threads=max(1, int(config.cpus_per_worker)), fault=fault)
+                   cpu_threads=max(1, int(config.cpus_per_worker)),
+                   jpeg_draft=config.jpeg_draft, fault=fault)
 
 
 @ray.remote(max_restarts=0)
@@ -81,7 +83,7 @@ class ShardWorker:
             shard, source=spec.source, segmenter=spec.segmenter, dst=spec.dst, run=spec.run,
             batch_size=spec.batch_size, attempt=attempt, read_threads=spec.read_threads,
             max_pixels=spec.max_pixels, read_timeout=spec.read_timeout,
-            model_lock=self.model_lock, cpu_threads=spec.cpu_threads,
+            model_lock=self.model_lock, cpu_threads=spec.cpu_threads, jpeg_draft=spec.jpeg_draft,
         )
         self.metrics.observe(result)
         return dataclasses.replace(result, pid=os.getpid(), peak_rss_mb=peak_rss_mb())
