@@ -28,6 +28,7 @@ BENCHMARKS = {
     "stages": ["-m", "benchmarks.stages"],
     "merge_choice": ["-m", "benchmarks.merge_choice"],
     "startup": ["-m", "benchmarks.startup"],
+    "jpeg_draft": ["-m", "benchmarks.jpeg_draft"],
 }
 
 
@@ -257,6 +258,29 @@ def merge_choice_section() -> list[str]:
             "memory cap."]
 
 
+def jpeg_draft_section() -> list[str]:
+    """--jpeg-draft against a full decode in the shard pipeline (benchmarks/jpeg_draft.py)."""
+    jd = load("jpeg_draft")
+    if not jd:
+        return []
+    parts = []
+    for row in jd["sizes"]:
+        full, draft, ratio = row["median"]["full"], row["median"]["draft"], row["draft_over_full"]
+        parts.append(
+            f"at {row['size']} ({row['images']} images), full {full['cpu_ms_per_image']} ms CPU "
+            f"and {full['wall_ms_per_image']} ms wall an image, draft {draft['cpu_ms_per_image']} "
+            f"and {draft['wall_ms_per_image']} (draft over full: CPU {ratio['cpu_ms_per_image']}, "
+            f"wall {ratio['wall_ms_per_image']}; CPU by round {row['cpu_ratio_by_round']}), "
+            f"PNG pixels that differ from a full decode's {row['pixels_differing']['median']:.2%} "
+            f"for the median image, {row['pixels_differing']['max']:.2%} at most")
+    first = jd["sizes"][0]
+    return [f"`--jpeg-draft` against a full decode, through the worker's shard pipeline "
+            f"(`python -m benchmarks.jpeg_draft`; {first['rounds']} rounds in alternating order, "
+            f"{first['threads']} decode and finishing threads, batch {first['batch']}, medians): "
+            + "; ".join(parts) + ". The demo model's input is 128x128, so a 640x480 JPEG decodes "
+            "at 1/2 and a 1920x1080 one at 1/8; the outputs stay at full size."]
+
+
 def startup_section() -> list[str]:
     """Where a local run's fixed cost goes (benchmarks/startup.py)."""
     st = load("startup")
@@ -313,6 +337,7 @@ def render() -> None:
              *e2e_notes(), "", *finetune_notes(),
              "## Against its peers on real-size images", "", *peers_section(), "",
              *startup_section(), "", *stages_section(), "", *merge_choice_section(), "",
+             *jpeg_draft_section(), "",
              "## GPU", "", *gpu_section(), ""]
     DOC.write_text("\n".join(lines))
 
