@@ -271,8 +271,11 @@ def jpeg_draft_section() -> list[str]:
             f"and {full['wall_ms_per_image']} ms wall an image, draft {draft['cpu_ms_per_image']} "
             f"and {draft['wall_ms_per_image']} (draft over full: CPU {ratio['cpu_ms_per_image']}, "
             f"wall {ratio['wall_ms_per_image']}; CPU by round {row['cpu_ratio_by_round']}), "
-            f"PNG pixels that differ from a full decode's {row['pixels_differing']['median']:.2%} "
-            f"for the median image, {row['pixels_differing']['max']:.2%} at most")
+            f"pixels whose category differs from a full decode's "
+            f"{row['category_pixels_differing']['median']:.2%} for the median image and "
+            f"{row['category_pixels_differing']['max']:.2%} at most, segment count different in "
+            f"{row['category_pixels_differing']['segment_count_differs']} of "
+            f"{row['category_pixels_differing']['images']} images")
     first = jd["sizes"][0]
     return [f"`--jpeg-draft` against a full decode, through the worker's shard pipeline "
             f"(`python -m benchmarks.jpeg_draft`; {first['rounds']} rounds in alternating order, "
