@@ -4,8 +4,6 @@ outputs stay at the image's own size, close to a full decode's."""
 from __future__ import annotations
 
 import io
-import json
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +11,12 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from segpipe.core.config import JobConfig
-from segpipe.core.items import ImageRef, RunContext, Shard
+from segpipe.core.items import ImageRef
 from segpipe.demo.synth import make_scene
 from segpipe.destination.runs import setting_differences
-from segpipe.io.storage import Folder
 from segpipe.model.segmenter import Segmenter
 from segpipe.pipeline.decode import decode_image
-from segpipe.pipeline.shard import process_shard
-from segpipe.sources import open_source
+from tests.support.shards import run_shard
 
 REF = ImageRef(1, "mem://a.jpg")
 
@@ -76,11 +72,7 @@ def _scenes(folder: Path, count: int) -> None:
 
 
 def _annotate(src: Path, dst: Path, segmenter: Segmenter, *, jpeg_draft: bool) -> dict:
-    source = open_source(str(src))
-    run = RunContext("00001", datetime(2026, 1, 1, tzinfo=timezone.utc), "demo", None, "panoptic")
-    process_shard(Shard("s0", "00001", tuple(source.list_images())), source=source,
-                  segmenter=segmenter, dst=Folder(str(dst)), run=run, batch_size=4,
-                  jpeg_draft=jpeg_draft)
+    run_shard(src, dst, segmenter, batch_size=4, jpeg_draft=jpeg_draft)
     return {p.name: np.asarray(Image.open(p)) for p in sorted((dst / "panoptic").rglob("*.png"))}
 
 
@@ -108,4 +100,3 @@ def test_the_setting_is_part_of_the_destinations_fingerprint():
     plain = JobConfig("src", "dst").fingerprint()
     drafted = JobConfig("src", "dst", jpeg_draft=True).fingerprint()
     assert setting_differences(plain, drafted) == ["jpeg_draft: False -> True"]
-    assert json.dumps(plain)  # stored as JSON at the destination

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from segpipe.app.annotate import busy_seconds
-from segpipe.core.items import CommitMarker, RunContext, Shard, ShardResult
+from segpipe.core.items import CommitMarker, ShardResult
 from segpipe.io.storage import Folder, ParallelWrites
 from segpipe.model.segmenter import Segmenter
-from segpipe.pipeline.shard import process_shard
-from segpipe.sources import open_source
 from tests.support.images import write_images
+from tests.support.shards import run_shard
 
 
 def test_busy_time_counts_overlapping_shards_of_a_worker_once():
@@ -45,16 +43,6 @@ def test_parallel_writes_land_and_a_failed_write_is_raised(tmp_path):
             writes.wait()
 
 
-def _run_shard(src: Path, dst: Path, segmenter: Segmenter, batch_size: int,
-               cpu_threads: int = 1) -> ShardResult:
-    source = open_source(str(src))
-    refs = tuple(source.list_images())
-    run = RunContext("00001", datetime(2026, 1, 1, tzinfo=timezone.utc), "tiny", None, "panoptic")
-    return process_shard(Shard("s0", "00001", refs), source=source, segmenter=segmenter,
-                         dst=Folder(str(dst)), run=run, batch_size=batch_size, read_threads=3,
-                         cpu_threads=cpu_threads)
-
-
 def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file()}
@@ -68,8 +56,8 @@ def test_overlapped_stages_write_the_same_bytes_every_time(tmp_path, tiny_model)
     write_images(src, 9, seed=3)
     (src / "broken.png").write_bytes(b"not an image")
     segmenter = Segmenter(tiny_model)
-    first = _run_shard(src, tmp_path / "a", segmenter, batch_size=4)
-    second = _run_shard(src, tmp_path / "b", segmenter, batch_size=4)
+    first = run_shard(src, tmp_path / "a", segmenter, batch_size=4)
+    second = run_shard(src, tmp_path / "b", segmenter, batch_size=4)
     assert (first.marker.images, first.marker.annotated, first.marker.errors) == (10, 9, 1)
     assert second.marker == first.marker
     assert 0 < first.forward_s <= first.finished_at - first.started_at
@@ -85,7 +73,7 @@ def test_the_stored_marker_holds_the_counts_alone_and_the_result_adds_timings(tm
     keeps its exact bytes: the counts, nothing that differs between two runs of the shard."""
     src = tmp_path / "src"
     write_images(src, 3, seed=4)
-    result = _run_shard(src, tmp_path / "dst", Segmenter(tiny_model), batch_size=2)
+    result = run_shard(src, tmp_path / "dst", Segmenter(tiny_model), batch_size=2)
     stored = (tmp_path / "dst" / "_segpipe/runs/00001/commits/s0.json").read_bytes()
     assert stored == (b'{"annotated":3,"errors":0,"images":3,"run_id":"00001","segments":'
                       + str(result.marker.segments).encode() + b',"shard_id":"s0"}')
@@ -101,8 +89,8 @@ def test_decode_and_finishing_on_several_threads_write_the_bytes_of_one(tmp_path
     write_images(src, 11, seed=5)
     (src / "0-broken.png").write_bytes(b"not an image")
     segmenter = Segmenter(tiny_model)
-    one = _run_shard(src, tmp_path / "one", segmenter, batch_size=2)
-    three = _run_shard(src, tmp_path / "three", segmenter, batch_size=2, cpu_threads=3)
+    one = run_shard(src, tmp_path / "one", segmenter, batch_size=2)
+    three = run_shard(src, tmp_path / "three", segmenter, batch_size=2, cpu_threads=3)
     assert (three.marker.images, three.marker.annotated, three.marker.errors) == (12, 11, 1)
     assert three.marker == one.marker
     a, b = _files(tmp_path / "one"), _files(tmp_path / "three")
