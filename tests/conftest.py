@@ -52,17 +52,12 @@ def ray_cluster(s3_endpoint: str) -> Iterator[None]:
     """One local Ray for the whole session, started after the S3 env is in place."""
     import ray
 
-    # Ray waits a fixed 30 s for its raylet; with several test processes starting clusters on
-    # two busy cores that can run out, so a start that timed out is tried again.
-    for attempt in range(3):
-        try:
-            ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
-                     log_to_driver=False)
-            break
-        except Exception as exc:
-            if "timed out during startup" not in str(exc) or attempt == 2:
-                raise
-            ray.shutdown()
+    from segpipe.runtime.cluster import start_local_ray
+
+    # Tried again if it times out, as a command's own start is: several test processes start
+    # clusters at once on few cores.
+    start_local_ray(num_cpus=2, include_dashboard=False, logging_level="ERROR",
+                    log_to_driver=False)
     yield
     ray.shutdown()
 

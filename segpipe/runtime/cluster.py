@@ -4,12 +4,17 @@ get from the driver, and how many workers its resources fit."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
 from collections.abc import Mapping
+from typing import Any
 
+import psutil
 import ray
+
+log = logging.getLogger(__name__)
 
 # Env vars workers get from the driver, by name: storage endpoints, regions, profile names,
 # retry settings, model caches. An allow-list, since a runtime env is written to Ray's logs
@@ -68,9 +73,48 @@ def _start_local(dashboard: bool) -> None:
     worker process of its own (about a second) instead of taking one that is already up."""
     global _started_local
     os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
-    ray.init(log_to_driver=True, logging_level=logging.WARNING, include_dashboard=dashboard)
+    start_local_ray(log_to_driver=True, logging_level=logging.WARNING,
+                    include_dashboard=dashboard)
     _started_local = True
     atexit.register(stop_monitor)  # runs before Ray's own exit hook, registered at its import
+
+
+# Ray gives its raylet a fixed 30 s to register, a limit no setting changes. On a machine
+# whose cores are busy with other work the raylet can still be starting when it runs out,
+# and a second try usually finds it faster (its binaries are in the page cache by then).
+LOCAL_START_ATTEMPTS = 3
+START_TIMED_OUT = "timed out during startup"  # in the message of the exception Ray raises
+
+
+def start_local_ray(**init_kwargs: Any) -> None:
+    """`ray.init(**init_kwargs)` for a new local cluster, tried again when Ray's start timed
+    out, after stopping the processes the failed start left running: Ray keeps no handle on
+    them, and a GCS and raylet left behind would take the cores the next start needs."""
+    for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+        before = {child.pid for child in psutil.Process().children()}
+        try:
+            ray.init(**init_kwargs)
+            return
+        except Exception as exc:
+            if START_TIMED_OUT not in str(exc) or attempt == LOCAL_START_ATTEMPTS:
+                raise
+            _stop_children(exclude=before)
+            ray.shutdown()
+            log.warning("the local Ray's start timed out (attempt %d of %d); starting it again",
+                        attempt, LOCAL_START_ATTEMPTS)
+
+
+def _stop_children(*, exclude: set[int]) -> None:
+    """Kill this process's children not in `exclude`, and all their descendants."""
+    doomed: list[psutil.Process] = []
+    for child in psutil.Process().children():
+        if child.pid not in exclude:
+            with contextlib.suppress(psutil.Error):
+                doomed.extend([child, *child.children(recursive=True)])
+    for proc in doomed:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(doomed, timeout=10)
 
 
 _started_local = False  # whether this process started the local Ray it is connected to

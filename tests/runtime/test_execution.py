@@ -74,22 +74,17 @@ def test_killed_driver_resumes_to_identical_outputs(tmp_path, tiny_model):
 
     env = {**os.environ, "RAY_ADDRESS": ""}
     log = tmp_path / "driver.log"
-    for _ in range(3):
-        with log.open("wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "segpipe.cli", "annotate", args[0],
-                                     str(resumed), *args[1:]], env=env, start_new_session=True,
-                                    stdout=out, stderr=subprocess.STDOUT)
-        try:
-            # Generous: under a parallel test run on few cores, a fresh Ray and model take
-            # minutes. A driver that ended first (its local Ray's start timed out on the busy
-            # cores, as the session's own start may: see conftest) is started again.
-            wait_until(lambda p=proc: len(commits(resumed)) >= 2 or p.poll() is not None,
-                       timeout=420)
-        finally:
-            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-            proc.wait()
-        if len(commits(resumed)) >= 2 or b"timed out during startup" not in log.read_bytes():
-            break
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "segpipe.cli", "annotate", args[0],
+                                 str(resumed), *args[1:]], env=env, start_new_session=True,
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        # Generous: under a parallel test run on few cores, a fresh Ray and model take
+        # minutes. A driver that ended first is not waited for.
+        wait_until(lambda: len(commits(resumed)) >= 2 or proc.poll() is not None, timeout=420)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.wait()
     assert len(commits(resumed)) >= 2, log.read_text(errors="replace")[-2000:]
     assert len(commits(resumed)) < 12, "the driver finished before it was killed"
     assert not (resumed / "panoptic.json").exists()

@@ -91,3 +91,42 @@ def test_a_command_stops_the_local_ray_it_started_when_it_is_done(tmp_path, tiny
     assert got == {"rc": 0, "ray_up": False, "children": 0}
     assert at_exit == {"ray_up_at_exit": False}
     assert (tmp_path / "dst" / "panoptic.json").exists()
+
+
+FLAKY_START = """
+import json, time, types, psutil, ray
+import ray._private.node as node_module
+import ray._private.services as services
+from segpipe.runtime.cluster import init_ray
+
+# Ray's start, made to time out once: the first check for the raylet's registration fails,
+# and Ray's clock then reads a minute later, past the 30 s Ray waits.
+real_get_node, jump = services.get_node, [0.0]
+
+def get_node(*args, **kwargs):
+    if not jump[0]:
+        jump[0] = 60.0
+        raise RuntimeError("injected: the raylet has not registered yet")
+    return real_get_node(*args, **kwargs)
+
+services.get_node = get_node
+clock = {k: getattr(time, k) for k in dir(time) if not k.startswith("_")}
+node_module.time = types.SimpleNamespace(**{**clock, "monotonic": lambda: time.monotonic() + jump[0]})
+init_ray(None)
+names = [p.name() for p in psutil.Process().children(recursive=True)]
+print(json.dumps({"task": ray.get(ray.remote(lambda: 7).remote()),
+                  "gcs_servers": sum("gcs_server" in n for n in names),
+                  "raylets": sum("raylet" in n for n in names)}))
+"""
+
+
+def test_a_local_start_that_timed_out_is_tried_again_without_the_first_tries_processes():
+    ray_tmp = tempfile.mkdtemp(prefix="seglocal-")
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_TMPDIR": ray_tmp}
+    done = subprocess.run([sys.executable, "-c", FLAKY_START], env=env, cwd=ROOT, text=True,
+                          capture_output=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "start timed out (attempt 1 of 3); starting it again" in done.stderr
+    got = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+    # The first start's GCS and raylet were stopped: one of each is left, and it works.
+    assert got == [{"task": 7, "gcs_servers": 1, "raylets": 1}]
