@@ -1,7 +1,8 @@
 """segpipe against its peers on real-size images, in one run, on the same images, model and
 thresholds:
 
-1. `segpipe annotate` (local files in, local files out);
+1. `segpipe annotate` (local files in, local files out); `segpipe-draft`, an extra contender
+   to name, is the same command with `--jpeg-draft` (JPEGs decoded at a reduced scale);
 2. the transformers `pipeline("image-segmentation")` in a loop, one image at a time;
 3. a Ray Data job as the Ray docs teach it: `read_binary_files` -> `map_batches` (an actor
    with the image processor, the model, `post_process_panoptic_segmentation`, a PNG and COCO
@@ -11,7 +12,7 @@ Corpora: synthetic scenes (`segpipe.demo.synth`) rendered at 640x480 and 1920x10
 photograph-like grain, saved as JPEG quality 90; every image is distinct.
 
     python -m benchmarks.peers [--quick] [--corpora 640x480:400,640x480:2000,1920x1080:200]
-        [--contenders segpipe,loop,raydata] [--cpus-per-worker 1 2]
+        [--contenders segpipe,segpipe-draft,loop,raydata] [--cpus-per-worker 1 2]
 
 Prints one JSON line per contender and corpus (wall, steady ms per image, fixed cost, CPU
 seconds per image) and one line of ratios per corpus; writes benchmarks/results/peers.json.
@@ -43,6 +44,7 @@ FULL_CORPORA = "640x480:400,640x480:2000,1920x1080:200"
 QUICK_CORPORA = "640x480:40,1920x1080:16"
 BATCH = 8
 THRESHOLD, MASK_THRESHOLD, OVERLAP = 0.5, 0.5, 0.8  # transformers' and segpipe's defaults
+SEGPIPES = {"segpipe": (), "segpipe-draft": ("--jpeg-draft",)}  # contender: extra flags
 
 
 def render_corpus(folder: Path, width: int, height: int, count: int, seed: int = 17) -> list[Path]:
@@ -176,11 +178,12 @@ def measure(name: str, corpus: Path, images: list[str], model: str, model_dir: s
             cpus_per_worker: float) -> dict[str, Any]:
     count = len(images)
     busy0, load0 = machine_busy_seconds(), os.getloadavg()[0]
-    if name == "segpipe":
+    if name in SEGPIPES:
         with tempfile.TemporaryDirectory() as tmp:
             wall, summary = run_annotate(str(corpus), str(Path(tmp) / "dst"), "--model", model,
                                          "--batch-size", str(BATCH), "--shard-size", "100",
-                                         "--cpus-per-worker", f"{cpus_per_worker:g}")
+                                         "--cpus-per-worker", f"{cpus_per_worker:g}",
+                                         *SEGPIPES[name])
         assert summary["images"] == count and summary["errors"] == 0, summary
         steady = summary["worker_busy_s"] / count
         fixed = wall - summary["worker_busy_s"]
@@ -200,15 +203,18 @@ def measure(name: str, corpus: Path, images: list[str], model: str, model_dir: s
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    by = {r["contender"]: r for r in rows if r["contender"] != "segpipe" or
-          r.get("cpus_per_worker") == max(x.get("cpus_per_worker", 0) for x in rows)}
+    """Each peer's time over each segpipe contender's (its row with the most CPUs)."""
+    most = max((x.get("cpus_per_worker", 0) for x in rows), default=0)
+    by = {r["contender"]: r for r in rows
+          if r["contender"] not in SEGPIPES or r.get("cpus_per_worker") == most}
     out: dict[str, Any] = {}
-    if "segpipe" in by:
+    for ours in (n for n in SEGPIPES if n in by):
+        suffix = ours.replace("-", "_")
         for peer in ("loop", "raydata"):
             if peer in by:
-                out[f"wall_{peer}_over_segpipe"] = round(by[peer]["wall_s"] / by["segpipe"]["wall_s"], 2)
-                out[f"steady_{peer}_over_segpipe"] = round(
-                    by[peer]["steady_ms_per_image"] / by["segpipe"]["steady_ms_per_image"], 2)
+                out[f"wall_{peer}_over_{suffix}"] = round(by[peer]["wall_s"] / by[ours]["wall_s"], 2)
+                out[f"steady_{peer}_over_{suffix}"] = round(
+                    by[peer]["steady_ms_per_image"] / by[ours]["steady_ms_per_image"], 2)
     return out
 
 
@@ -241,7 +247,7 @@ def main() -> None:
         images = [str(p) for p in render_corpus(corpus, width, height, int(count))]
         rows = []
         for name in args.contenders.split(","):
-            for cpus in (args.cpus_per_worker if name == "segpipe" else [None]):
+            for cpus in (args.cpus_per_worker if name in SEGPIPES else [None]):
                 row = {"corpus": size, **measure(name, corpus, images, args.model, model_dir,
                                                  cpus or 1.0)}
                 emit(row)

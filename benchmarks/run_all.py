@@ -168,11 +168,14 @@ def peers_section() -> list[str]:
         "**Quick runs only so far** (`--quick`: 40 x 640x480 and 16 x 1920x1080, plus the "
         "400 x 640x480 corpus; on a machine loaded by other work, see each row's load): the "
         "full corpora's figures need the command below, run once on a quiet machine.", ""]
-    lines = [*quick, "`python -m benchmarks.peers --cpus-per-worker 1 2`: the same JPEGs (synthetic "
+    lines = [*quick, "`python -m benchmarks.peers --contenders segpipe,segpipe-draft,loop,raydata "
+             "--cpus-per-worker 1 2`: the same JPEGs (synthetic "
              "scenes rendered at the corpus's size with sensor-like grain, quality 90), "
              "`builtin:demo`, batch 8, thresholds 0.5 / 0.5 / 0.8, local files, in one run. "
              "Steady: segpipe's worker busy with shards, the loop after its first image, Ray "
-             "Data between its first and last batch; fixed: wall less steady time. Machine CPU "
+             "Data between its first and last batch; fixed: wall less steady time. segpipe-draft "
+             "is segpipe with `--jpeg-draft` (opt-in: JPEGs decoded at a reduced libjpeg scale "
+             "that still covers the model's input). Machine CPU "
              "counts every process of the machine, others' work included.", "",
              f"One run on {peers['cores']} cores; load average (1, 5, 15 min) after the run "
              f"{peers['load_avg_after']}, and before each contender in its row: above "
@@ -183,7 +186,7 @@ def peers_section() -> list[str]:
     for corpus in peers["results"]:
         for x in corpus["rows"]:
             who = x["contender"] + (f" (--cpus-per-worker {x['cpus_per_worker']:g})"
-                                    if x["contender"] == "segpipe" else "")
+                                    if x["contender"].startswith("segpipe") else "")
             lines.append(f"| {x['images']} x {corpus['corpus']} | {who} | {x['wall_s']} | "
                          f"{x['steady_ms_per_image']} | {x['fixed_s']} | "
                          f"{x['machine_cpu_s_per_image']} | {x['load_avg_1m_before']} |")
