@@ -161,11 +161,12 @@ def _summarize(config: JobConfig, state: RunState, committed_before: dict[str, C
 
 
 def busy_seconds(results: Iterable[ShardResult]) -> float:
-    """Wall seconds the workers spent on shards: per worker, the union of its shards' spans
-    (a worker reads its next shard while it computes this one, so spans overlap)."""
+    """Seconds the workers spent on shards: per worker, the union of its shards' spans on
+    its monotonic clock (a worker reads its next shard while it computes this one, so
+    spans overlap)."""
     spans: dict[int | None, list[tuple[float, float]]] = defaultdict(list)
     for result in results:
-        spans[result.pid].append((result.started_at, result.finished_at))
+        spans[result.pid].append(result.span)
     total = 0.0
     for worker_spans in spans.values():
         covered_to = float("-inf")

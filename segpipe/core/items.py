@@ -145,6 +145,9 @@ class ShardResult:
     marker: CommitMarker
     started_at: float  # wall-clock times of the shard's start and end
     finished_at: float
+    # The worker's monotonic clock at the same two moments: what busy time is measured on,
+    # since the wall clock of a VM can step by seconds while a shard runs.
+    span: tuple[float, float] = (0.0, 0.0)
     forward_s: float = 0.0  # time in the model's forward
     batch_seconds: tuple[float, ...] = ()  # each batch's preprocessing and forward
     pid: int | None = None  # the worker process, set by the worker

@@ -189,7 +189,7 @@ def process_shard(
     batches' rows in submission order, so a retried shard writes equal bytes. With
     `jpeg_draft`, JPEGs decode as drafts just large enough for the model's input.
     """
-    started_at = time.time()
+    started_at, started_mono = time.time(), time.monotonic()
     loaded = segmenter.setup()
     lock = model_lock or nullcontext()
     stats = ShardStats()
@@ -254,4 +254,5 @@ def process_shard(
                 future.cancel()
         marker = writer.commit()
     return ShardResult(marker, started_at=started_at, finished_at=time.time(),
+                       span=(started_mono, time.monotonic()),
                        forward_s=stats.forward_seconds, batch_seconds=tuple(stats.batch_seconds))

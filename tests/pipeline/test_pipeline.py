@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -18,12 +19,20 @@ from tests.support.shards import run_shard
 def test_busy_time_counts_overlapping_shards_of_a_worker_once():
     marker = CommitMarker("s", "00001", images=1, annotated=1, errors=0, segments=1)
     results = [
-        ShardResult(marker, 0.0, 10.0, pid=1),
-        ShardResult(marker, 8.0, 15.0, pid=1),  # read ahead while 0-10 ran
-        ShardResult(marker, 20.0, 21.0, pid=1),
-        ShardResult(marker, 0.0, 4.0, pid=2),  # another worker counts apart
+        ShardResult(marker, 0.0, 10.0, span=(0.0, 10.0), pid=1),
+        ShardResult(marker, 8.0, 15.0, span=(8.0, 15.0), pid=1),  # read ahead while 0-10 ran
+        ShardResult(marker, 20.0, 21.0, span=(20.0, 21.0), pid=1),
+        ShardResult(marker, 0.0, 4.0, span=(0.0, 4.0), pid=2),  # another worker counts apart
     ]
     assert busy_seconds(results) == pytest.approx(15.0 + 1.0 + 4.0)
+
+
+def test_busy_time_is_measured_on_the_monotonic_clock_not_the_wall_clock():
+    # The wall clock stepped 22 s forward during the second shard (a VM's clock sync).
+    marker = CommitMarker("s", "00001", images=1, annotated=1, errors=0, segments=1)
+    results = [ShardResult(marker, 100.0, 110.0, span=(5.0, 15.0), pid=1),
+               ShardResult(marker, 110.0, 142.0, span=(15.0, 25.0), pid=1)]
+    assert busy_seconds(results) == pytest.approx(20.0)
 
 
 def test_parallel_writes_land_and_a_failed_write_is_raised(tmp_path):
@@ -73,12 +82,14 @@ def test_the_stored_marker_holds_the_counts_alone_and_the_result_adds_timings(tm
     keeps its exact bytes: the counts, nothing that differs between two runs of the shard."""
     src = tmp_path / "src"
     write_images(src, 3, seed=4)
+    before = time.monotonic()
     result = run_shard(src, tmp_path / "dst", Segmenter(tiny_model), batch_size=2)
     stored = (tmp_path / "dst" / "_segpipe/runs/00001/commits/s0.json").read_bytes()
     assert stored == (b'{"annotated":3,"errors":0,"images":3,"run_id":"00001","segments":'
                       + str(result.marker.segments).encode() + b',"shard_id":"s0"}')
     assert CommitMarker.from_json(json.loads(stored)) == result.marker
     assert result.started_at < result.finished_at and len(result.batch_seconds) == 2
+    assert before <= result.span[0] < result.span[1] <= time.monotonic()  # busy time's clock
 
 
 def test_decode_and_finishing_on_several_threads_write_the_bytes_of_one(tmp_path, tiny_model):
