@@ -147,7 +147,9 @@ def unreadable_ref(uri: str) -> ImageRef:
 def uri_of(url: str, path: str) -> str:
     """The URI of `path` on the filesystem of `url`: plain paths stay plain for local data."""
     protocol, _ = split_protocol(url)
-    return path if protocol in LOCAL_PROTOCOLS else f"{protocol}://{path}"
+    if protocol in LOCAL_PROTOCOLS or split_protocol(path)[0]:
+        return path  # local, or a whole URL already: fsspec's HTTP paths keep their scheme
+    return f"{protocol}://{path}"
 
 
 def plan_containers(containers: Iterable[tuple[str, Iterable[ImageRef]]], *,

@@ -371,6 +371,18 @@ def test_csv_manifest_carries_other_columns(store: Store):
     assert fetched(source, refs) == [png(1), png(2)]
 
 
+def test_a_manifest_served_over_http_names_images_beside_it():
+    """Relative entries of a web server's manifest resolve against its URL's folder."""
+    files = {"/lists/m.txt": b"a.png\n../imgs/b.png\n", "/lists/a.png": png(1),
+             "/imgs/b.png": png(2)}
+    with http_server(files) as served:
+        source = open_source(f"{served.url}/lists/m.txt", allow_uri_schemes=("http",),
+                             allow_private_hosts=True)
+        refs = list(source.list_images())
+        assert [r.uri for r in refs] == [f"{served.url}/lists/a.png", f"{served.url}/imgs/b.png"]
+        assert fetched(source, refs) == [png(1), png(2)]
+
+
 def test_csv_manifest_without_uri_column(tmp_path):
     (tmp_path / "m.csv").write_text("name,label\na.png,1\n")
     with pytest.raises(SourceConfigError, match="no URI column"):
