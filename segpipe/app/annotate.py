@@ -30,7 +30,7 @@ from segpipe.destination.runs import (
 from segpipe.io.storage import Folder
 from segpipe.runtime.cluster import cpu_threads_per_worker, default_num_workers, init_ray
 from segpipe.runtime.pool import PoolResult, ShardPool
-from segpipe.runtime.worker import WorkerSpec, peak_rss_mb
+from segpipe.runtime.worker import ShardJob, WorkerSpec, peak_rss_mb
 from segpipe.sources import Source, source_from_config
 
 log = logging.getLogger(__name__)
@@ -45,33 +45,38 @@ def annotate(config: JobConfig) -> dict[str, Any]:
     started = time.time()
     phases = Phases()
     dst = Folder(config.dst, config.storage_options)
-    # Ray starts (seconds of processes) while this thread's planning lists the source.
+    # Ray starts (seconds of processes) while this thread's planning lists the source, and
+    # the workers load the model while it goes on: a large source lists for minutes.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan") as planner:
         planned = planner.submit(phases.timed, "plan", _plan, config, dst)
         with phases.phase("ray_start"):
             init_ray(config.address, dashboard=config.dashboard)
+        num_workers = config.num_workers or default_num_workers(config.gpus_per_worker)
+        spec = WorkerSpec.from_config(
+            config, torch_threads=cpu_threads_per_worker(num_workers, config.gpus_per_worker))
+        pool = ShardPool.from_config(spec, config, num_workers=num_workers)
+        pool.start()
+    with pool:  # a failed planning stops the workers
         source, state, committed_before, todo = planned.result()
-    run_id = state.run.run_id
-    num_workers = config.num_workers or default_num_workers(config.gpus_per_worker)
-    spec = WorkerSpec.from_config(
-        config, source=source, dst=dst, run=state.run, fault=_fault_shard(),
-        torch_threads=cpu_threads_per_worker(num_workers, config.gpus_per_worker))
-    pool = ShardPool.from_config(spec, config, num_workers=num_workers)
-    done_images = sum(m.images for m in committed_before.values())
-    progress = Progress(total=state.plan.num_images, initial=done_images,
-                        enabled=config.progress, stream=sys.stderr)
+        run_id = state.run.run_id
+        job = ShardJob.from_config(config, source=source, dst=dst, run=state.run,
+                                   fault=_fault_shard())
+        done_images = sum(m.images for m in committed_before.values())
+        progress = Progress(total=state.plan.num_images, initial=done_images,
+                            enabled=config.progress, stream=sys.stderr)
 
-    def loaded(workers: list[dict[str, Any]]) -> None:
-        if "to_first_worker_ready_s" not in phases.seconds:
-            phases.since_start("to_first_worker_ready")
-        digests = {w["weights_sha256"] for w in workers}
-        if len(digests) > 1:
-            raise DestinationMismatch(f"workers loaded different weights for {config.model}: "
-                                      "the model's files differ between nodes")
-        record_settings(dst, config, digests.pop())
+        def loaded(workers: list[dict[str, Any]]) -> None:
+            if "to_first_worker_ready_s" not in phases.seconds:  # by the worker's clock
+                phases.seconds["to_first_worker_ready_s"] = min(w["ready_at"] for w in workers) - started
+            digests = {w["weights_sha256"] for w in workers}
+            if len(digests) > 1:
+                raise DestinationMismatch(f"workers loaded different weights for {config.model}: "
+                                          "the model's files differ between nodes")
+            record_settings(dst, config, digests.pop())
 
-    with progress:
-        result = pool.run(todo, lambda shard: progress.update(shard.marker), on_ready=loaded)
+        with progress:
+            result = pool.run(job, todo, lambda shard: progress.update(shard.marker),
+                              on_ready=loaded)
     for sid, error in sorted(result.failed.items()):  # status reads these while no summary says
         dst.write_json(layout.failed(run_id, sid), {"shard_id": sid, "error": error})
     phases.since_start("to_pool_end")

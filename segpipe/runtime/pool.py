@@ -4,7 +4,9 @@ The driver hands a shard to whichever worker has room, so faster workers take mo
 A worker that dies (or its node) loses nothing: its shards go back in the queue and the
 pool starts a replacement; one that holds a shard past `--shard-timeout` is killed and
 replaced the same way. When no node can host any worker, the pool waits `--node-wait`
-for one to join. The workers are in `worker`, the cluster's resources in `cluster`.
+for one to join. The pool starts its workers before the run is planned, so that their
+model loads beside the planning; the run's shards come after. The workers are in `worker`,
+the cluster's resources in `cluster`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from segpipe.core.errors import SegpipeError
 from segpipe.core.items import ShardResult
 from segpipe.io.storage import redact
 from segpipe.runtime.cluster import cluster_resources
-from segpipe.runtime.worker import ShardWorker, WorkerSpec
+from segpipe.runtime.worker import ShardJob, ShardWorker, WorkerSpec
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +88,30 @@ class ShardPool:
         self.max_attempts = max_attempts
         self.shard_timeout = shard_timeout
         self.node_wait = node_wait
+        self.slots: list[_Slot] = []  # the workers started, in their places
 
     @classmethod
     def from_config(cls, spec: WorkerSpec, config: JobConfig, *, num_workers: int) -> ShardPool:
         return cls(spec, num_workers=num_workers, gpus_per_worker=config.gpus_per_worker,
                    cpus_per_worker=config.cpus_per_worker, max_attempts=config.max_attempts,
                    shard_timeout=config.shard_timeout, node_wait=config.node_wait)
+
+    def __enter__(self) -> ShardPool:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start the workers now; each loads its model at once, and `run` uses them. The
+        driver starts them before it plans, so that the model loads beside the planning."""
+        while len(self.slots) < self.num_workers:
+            self.slots.append(self.start_worker())
+
+    def stop(self) -> None:
+        for slot in self.slots:
+            ray.kill(slot.actor, no_restart=True)
+        self.slots.clear()
 
     def start_worker(self) -> _Slot:
         actor = _WORKER_CLASS.options(**self.options).remote(self.spec)
@@ -101,35 +121,41 @@ class ShardPool:
         gpus, cpus = self.options["num_gpus"], self.options["num_cpus"]
         return f"{gpus:g} GPU(s) and {cpus:g} CPU(s)" if gpus else f"{cpus:g} CPU(s)"
 
-    def run(self, shard_ids: list[str], on_commit: Callable[[ShardResult], None], *,
-            on_ready: Callable[[list[dict[str, Any]]], None] | None = None) -> PoolResult:
-        """`on_ready` sees what the workers loaded, before the first shard starts and again
-        whenever another worker has loaded (a late or replacement one) before it takes a
-        shard; it may stop the job by raising."""
+    def run(self, job: ShardJob, shard_ids: list[str], on_commit: Callable[[ShardResult], None],
+            *, on_ready: Callable[[list[dict[str, Any]]], None] | None = None) -> PoolResult:
+        """Run `shard_ids` of `job` on the workers (started now if `start` was not called),
+        and stop them. `on_ready` sees what the workers loaded, before the first shard
+        starts and again whenever another worker has loaded (a late or replacement one)
+        before it takes a shard; it may stop the job by raising."""
         result = PoolResult()
-        if not shard_ids:
-            return result
-        dispatch = _Dispatch(self, shard_ids, result, on_commit, on_ready)
         try:
-            dispatch.run()
+            if not shard_ids:
+                return result
+            self.start()
+            for slot in self.slots[len(shard_ids):]:  # more workers than shards to give them
+                ray.kill(slot.actor, no_restart=True)
+            del self.slots[len(shard_ids):]
+            # In the object store once: each call passes its reference, not a copy.
+            _Dispatch(self, ray.put(job), shard_ids, result, on_commit, on_ready).run()
         finally:
-            dispatch.stop()
+            self.stop()
         return result
 
 
 class _Dispatch:
     """One `ShardPool.run`: the queue of shards, the workers, and what each one holds."""
 
-    def __init__(self, pool: ShardPool, shard_ids: list[str], result: PoolResult,
+    def __init__(self, pool: ShardPool, job: Any, shard_ids: list[str], result: PoolResult,
                  on_commit: Callable[[ShardResult], None],
                  on_ready: Callable[[list[dict[str, Any]]], None] | None) -> None:
         self.pool = pool
+        self.job = job  # the ShardJob's object ref
         self.result = result
         self.on_commit = on_commit
         self.on_ready = on_ready
         self.queue: deque[tuple[str, int]] = deque((sid, 1) for sid in shard_ids)
         self.tasks: dict[Any, _Task] = {}
-        self.slots = [pool.start_worker() for _ in range(min(pool.num_workers, len(shard_ids)))]
+        self.slots = pool.slots  # the pool's own list: a replacement takes its place in it
         self.unplaced_since: float | None = time.monotonic()
         self.told_waiting = False
 
@@ -156,7 +182,7 @@ class _Dispatch:
         for slot in self.slots:
             while self.queue and slot.loaded is not None and slot.load < SHARDS_IN_FLIGHT_PER_WORKER:
                 sid, attempt = self.queue.popleft()
-                ref = slot.actor.process.remote(sid, attempt)
+                ref = slot.actor.process.remote(self.job, sid, attempt)
                 self.tasks[ref] = _Task(slot, sid, attempt, time.monotonic())
                 slot.load += 1
 
@@ -262,10 +288,6 @@ class _Dispatch:
             log.warning("no node with %s can host a worker now (each declares %s); waiting up "
                         "to %g s (--node-wait) for one to join", kind, self.pool.worker_needs(),
                         self.pool.node_wait)
-
-    def stop(self) -> None:
-        for slot in self.slots:
-            ray.kill(slot.actor, no_restart=True)
 
 
 def _task_error_message(exc: BaseException) -> str:

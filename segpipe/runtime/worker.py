@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,16 +22,28 @@ from segpipe.sources import Source
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """Everything a worker needs; plain data so it pickles cheaply."""
+    """What a worker loads, before it knows which run it serves: the pool starts workers
+    while the driver still plans, so that their model loads beside the planning."""
+
+    segmenter: Segmenter
+    torch_threads: int | None = None
+
+    @classmethod
+    def from_config(cls, config: JobConfig, *, torch_threads: int | None) -> WorkerSpec:
+        return cls(Segmenter.from_config(config), torch_threads=torch_threads)
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """What a worker needs to process a run's shards, known once the run is planned; plain
+    data so it pickles cheaply (the pool puts it in the object store once per run)."""
 
     source: Source
-    segmenter: Segmenter
     dst: Folder
     run: RunContext
     batch_size: int
     read_threads: int
     max_pixels: int
-    torch_threads: int | None = None
     read_timeout: float | None = None  # seconds per image read; None: no limit
     # Threads for the worker's per-image CPU work (decode, post-process, encode): its CPUs.
     cpu_threads: int = 1
@@ -39,10 +52,9 @@ class WorkerSpec:
 
     @classmethod
     def from_config(cls, config: JobConfig, *, source: Source, dst: Folder, run: RunContext,
-                    torch_threads: int | None, fault: str | None = None) -> WorkerSpec:
-        return cls(source, Segmenter.from_config(config), dst, run, config.batch_size,
-                   config.read_threads, config.max_image_pixels, torch_threads=torch_threads,
-                   read_timeout=config.read_timeout,
+                    fault: str | None = None) -> ShardJob:
+        return cls(source, dst, run, config.batch_size, config.read_threads,
+                   config.max_image_pixels, read_timeout=config.read_timeout,
                    # Per-image CPU work spreads over the CPUs the worker declares.
                    cpu_threads=max(1, int(config.cpus_per_worker)),
                    jpeg_draft=config.jpeg_draft, fault=fault)
@@ -70,20 +82,19 @@ class ShardWorker:
         loaded = self.spec.segmenter.setup()
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
                 "device": str(loaded.device), "gpu_ids": ray.get_gpu_ids(),
-                "weights_sha256": loaded.weights_sha256}
+                "weights_sha256": loaded.weights_sha256, "ready_at": time.time()}
 
-    def process(self, shard_id: str, attempt: int) -> ShardResult:
+    def process(self, job: ShardJob, shard_id: str, attempt: int) -> ShardResult:
         from segpipe.pipeline.shard import process_shard
 
-        spec = self.spec
-        if spec.fault and spec.fault == shard_id:
+        if job.fault and job.fault == shard_id:
             raise RuntimeError(f"injected fault in shard {shard_id}")
-        shard = load_shard(spec.dst, spec.run.run_id, shard_id)
+        shard = load_shard(job.dst, job.run.run_id, shard_id)
         result = process_shard(
-            shard, source=spec.source, segmenter=spec.segmenter, dst=spec.dst, run=spec.run,
-            batch_size=spec.batch_size, attempt=attempt, read_threads=spec.read_threads,
-            max_pixels=spec.max_pixels, read_timeout=spec.read_timeout,
-            model_lock=self.model_lock, cpu_threads=spec.cpu_threads, jpeg_draft=spec.jpeg_draft,
+            shard, source=job.source, segmenter=self.spec.segmenter, dst=job.dst, run=job.run,
+            batch_size=job.batch_size, attempt=attempt, read_threads=job.read_threads,
+            max_pixels=job.max_pixels, read_timeout=job.read_timeout,
+            model_lock=self.model_lock, cpu_threads=job.cpu_threads, jpeg_draft=job.jpeg_draft,
         )
         self.metrics.observe(result)
         return dataclasses.replace(result, pid=os.getpid(), peak_rss_mb=peak_rss_mb())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,9 +22,11 @@ class Served:
 
 
 @contextmanager
-def http_server(files: dict[str, bytes]) -> Iterator[Served]:
+def http_server(files: dict[str, bytes], *,
+                before_reply: Callable[[str], None] | None = None) -> Iterator[Served]:
     """Serve `files` on 127.0.0.1, ignoring Range headers (as many servers do) and writing
-    bodies a chunk at a time, so that `bytes_sent` shows how much a client took."""
+    bodies a chunk at a time, so that `bytes_sent` shows how much a client took.
+    `before_reply(path)` runs before each reply: a slow server, where it waits."""
     served = Served(files)
 
     class Handler(BaseHTTPRequestHandler):
@@ -42,6 +44,8 @@ def http_server(files: dict[str, bytes]) -> Iterator[Served]:
 
         def _headers(self) -> bytes | None:
             served.requests.append(f"{self.command} {self.path}")
+            if before_reply is not None:
+                before_reply(self.path)
             body = served.files.get(self.path)
             self.send_response(200 if body is not None else 404)
             self.send_header("Content-Length", str(len(body or b"")))
