@@ -195,6 +195,35 @@ def peers_section() -> list[str]:
     lines += [f"| {c['images']} x {c['corpus']} | "
               + ", ".join(f"{k} {v}" for k, v in c["ratios"].items()) + " |"
               for c in peers["results"]]
+    return [*lines, "", *peers_targets(peers)]
+
+
+def peers_targets(peers: dict[str, Any]) -> list[str]:
+    """Each target of the peers run against its figures (segpipe without --jpeg-draft)."""
+    target = peers.get("target")
+    if not target:
+        return []
+    lines = ["| target | measured | |", "|---|---|---|"]
+    for corpus in peers["results"]:
+        goal = target["wall_ratio_min"].get(f"{corpus['corpus']}:{corpus['images']}")
+        peers_named = ("loop",) if corpus["corpus"] != "640x480" else ("loop", "raydata")
+        got = {p: corpus["ratios"].get(f"wall_{p}_over_segpipe") for p in peers_named}
+        if goal is None or None in got.values():
+            continue
+        lines.append(f"| {corpus['images']} x {corpus['corpus']}: wall >= {goal}x "
+                     f"{' and '.join(peers_named)} | "
+                     + ", ".join(f"{p} {v}x" for p, v in got.items())
+                     + f" | {verdict(all(v >= goal for v in got.values()))} |")
+    ours = [r for c in peers["results"] for r in c["rows"] if r["contender"] == "segpipe"]
+    if ours:
+        fixed = [r["fixed_s"] for r in ours]
+        lines.append(f"| fixed cost <= {target['fixed_s_max']} s | {min(fixed)} to {max(fixed)} s "
+                     f"| {verdict(max(fixed) <= target['fixed_s_max'])} |")
+        steady = [r["steady_ms_per_image"] for r in ours if r["corpus"] == "640x480"]
+        if steady:
+            lines.append(f"| steady <= {target['steady_ms_640x480_max']} ms an image at 640x480 "
+                         f"| {min(steady)} to {max(steady)} ms "
+                         f"| {verdict(max(steady) <= target['steady_ms_640x480_max'])} |")
     return lines
 
 

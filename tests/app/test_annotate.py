@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import time
 
-import psutil
 import pytest
 
 from segpipe.app.annotate import annotate
@@ -16,6 +15,7 @@ from segpipe.io.storage import Folder, filesystem
 from tests.support.httpserver import http_server
 from tests.support.images import write_images
 from tests.support.outputs import check_contract, read_table
+from tests.support.processes import shard_workers
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -36,30 +36,17 @@ def test_local_to_local(tmp_path, tiny_model):
     assert all(r["review_status"] == "pending" for r in out["segments"])
 
 
-def shard_workers() -> set[int]:
-    """Pids of the shard workers of this process's Ray (the test session's own)."""
-    return {p.pid for p in psutil.Process().children(recursive=True)
-            if any("ShardWorker" in part for part in _cmdline(p))}
-
-
-def _cmdline(proc: psutil.Process) -> list[str]:
-    try:
-        return proc.cmdline()
-    except psutil.Error:  # ended meanwhile
-        return []
-
-
 def test_workers_load_the_model_while_the_source_is_planned(tmp_path, tiny_model):
     """The manifest's server answers only once a shard worker is up: planning cannot end
     before that, so the job ends in time only if its workers start beside its planning."""
     images = {f"/{p.name}": p.read_bytes() for p in write_images(tmp_path / "images", 3, seed=6)}
-    earlier = shard_workers()  # of earlier tests, maybe not gone yet
+    earlier = set(shard_workers())  # of earlier tests, maybe not gone yet
     started_while_planning: list[int] = []
 
     def answer_once_a_worker_runs(path: str) -> None:
         deadline = time.monotonic() + 180
         while path == "/images.txt" and not started_while_planning and time.monotonic() < deadline:
-            started_while_planning.extend(shard_workers() - earlier)
+            started_while_planning.extend(set(shard_workers()) - earlier)
             time.sleep(0.05)
 
     manifest = "".join(f"{name.lstrip('/')}\n" for name in images).encode()

@@ -11,7 +11,6 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from segpipe.app.annotate import JobFailed, annotate
@@ -21,6 +20,7 @@ from segpipe.core.config import JobConfig
 from segpipe.io.storage import Folder
 from tests.support.images import write_images
 from tests.support.outputs import check_contract, read_table
+from tests.support.processes import shard_workers
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -44,10 +44,9 @@ def test_killed_worker_loses_no_work(tmp_path, tiny_model):
 
     def kill_a_worker() -> None:
         wait_until(lambda: len(commits(dst)) >= 1)
-        for proc in psutil.process_iter(["pid", "cmdline"]):
-            if any("ShardWorker" in part for part in proc.info["cmdline"] or []):
-                proc.send_signal(signal.SIGKILL)
-                killed.append(proc.info["pid"])
+        for pid, proc in shard_workers().items():  # never another test process's workers
+            proc.send_signal(signal.SIGKILL)
+            killed.append(pid)
 
     killer = threading.Thread(target=kill_a_worker, daemon=True)
     killer.start()
