@@ -66,13 +66,25 @@ def init_ray(address: str | None, *, dashboard: bool = False) -> None:
 OMP_WAIT_POLICY = "PASSIVE"
 
 
+# How Ray's processes retry connecting to a local socket. The raylet connects to its own
+# object store as that starts on another thread, and when the store is not listening yet,
+# Ray's default waits a whole second before trying again: a third to a half of the local
+# starts measured here took 1 s longer (3.3-3.4 s against 2.2-2.4 s). Retrying every 50 ms
+# keeps Ray's budget (10 tries of 1 s) and costs at most 50 ms.
+SOCKET_CONNECT_RETRY = {"RAY_raylet_client_connect_timeout_milliseconds": "50",
+                        "RAY_raylet_client_num_connect_attempts": "200"}
+
+
 def _start_local(dashboard: bool) -> None:
-    """A local Ray's processes are this process's children and inherit its environment, so
+    """A local Ray's processes are this process's children and inherit its environment (the
+    socket retry above, unless the caller set one of its variables), so
     the workers get it with no runtime env. A runtime env would also cost the start: the
     workers Ray starts ahead with the cluster have none, so the first actor would wait for a
     worker process of its own (about a second) instead of taking one that is already up."""
     global _started_local
     os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
+    if not any(k in os.environ for k in SOCKET_CONNECT_RETRY):
+        os.environ.update(SOCKET_CONNECT_RETRY)
     start_local_ray(log_to_driver=True, logging_level=logging.WARNING,
                     include_dashboard=dashboard)
     _started_local = True

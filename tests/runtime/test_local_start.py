@@ -15,13 +15,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from segpipe.runtime.cluster import SOCKET_CONNECT_RETRY
 from tests.support.images import write_images
 
 ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
-import atexit, json, os, ray
-from segpipe.runtime.cluster import init_ray
+import atexit, json, os, psutil, ray
+from segpipe.runtime.cluster import SOCKET_CONNECT_RETRY, init_ray
 
 def at_exit():
     # Registered before init_ray, so it runs after segpipe's exit hook and before Ray's own.
@@ -39,9 +40,12 @@ class Probe:
 
 probe = Probe.remote()
 seen = ray.get(probe.seen.remote())
-monitor = ray._private.worker._global_node.all_processes["monitor"][0].process
+processes = ray._private.worker._global_node.all_processes
+monitor = processes["monitor"][0].process
+raylet_env = psutil.Process(processes["raylet"][0].process.pid).environ()
 print(json.dumps({"runtime_env": dict(ray.get_runtime_context().runtime_env), "seen": seen,
-                  "monitor_running": monitor.poll() is None}))
+                  "monitor_running": monitor.poll() is None,
+                  "raylet_retry": {k: raylet_env.get(k) for k in SOCKET_CONNECT_RETRY}}))
 """
 
 
@@ -59,6 +63,8 @@ def test_a_local_start_passes_the_environment_without_a_runtime_env():
     assert got["seen"] == {"OMP_WAIT_POLICY": "PASSIVE", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
     # At exit the autoscaler monitor is stopped before Ray's shutdown; Ray works without it.
     assert got["monitor_running"]
+    # Its raylet retries its object store's socket every 50 ms, not every second.
+    assert got["raylet_retry"] == SOCKET_CONNECT_RETRY
     assert at_exit == {"monitor_at_exit": False, "ray_up_at_exit": True, "runs_at_exit": True}
 
 
