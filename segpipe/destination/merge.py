@@ -39,11 +39,9 @@ def write_merged_panoptic(dst: Folder, *, info: dict[str, Any] | None = None,
     with dst.open_atomic(layout.MERGED_PANOPTIC) as out, \
             tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
         out.write('{"info":' + json.dumps(info or {"description": "segpipe pre-labels"}))
-        categories: list[dict[str, Any]] = []
         for index, ((run_id, _), fragment) in enumerate(fragments):
             if index == 0:
-                categories = fragment["categories"]
-                out.write(',"categories":' + json.dumps(categories) + ',"images":[')
+                out.write(',"categories":' + json.dumps(fragment["categories"]) + ',"images":[')
             for entry in fragment["images"]:
                 if not is_superseded(superseded, run_id, entry["id"]):
                     images = _write_item(out, entry, images)

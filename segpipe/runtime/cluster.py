@@ -69,22 +69,19 @@ OMP_WAIT_POLICY = "PASSIVE"
 # How Ray's processes retry connecting to a local socket. The raylet connects to its own
 # object store as that starts on another thread, and when the store is not listening yet,
 # Ray's default waits a whole second before trying again: a third to a half of the local
-# starts measured here took 1 s longer (3.3-3.4 s against 2.2-2.4 s). Retrying every 50 ms
+# starts measured here took 1 s longer (3.2-3.4 s against 2.2-2.4 s). Retrying every 50 ms
 # keeps Ray's budget (10 tries of 1 s) and costs at most 50 ms.
 SOCKET_CONNECT_RETRY = {"RAY_raylet_client_connect_timeout_milliseconds": "50",
                         "RAY_raylet_client_num_connect_attempts": "200"}
 
 
 def _start_local(dashboard: bool) -> None:
-    """A local Ray's processes are this process's children and inherit its environment (the
-    socket retry above, unless the caller set one of its variables), so
+    """A local Ray's processes are this process's children and inherit its environment, so
     the workers get it with no runtime env. A runtime env would also cost the start: the
     workers Ray starts ahead with the cluster have none, so the first actor would wait for a
     worker process of its own (about a second) instead of taking one that is already up."""
     global _started_local
     os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
-    if not any(k in os.environ for k in SOCKET_CONNECT_RETRY):
-        os.environ.update(SOCKET_CONNECT_RETRY)
     start_local_ray(log_to_driver=True, logging_level=logging.WARNING,
                     include_dashboard=dashboard)
     _started_local = True
@@ -101,7 +98,10 @@ START_TIMED_OUT = "timed out during startup"  # in the message of the exception 
 def start_local_ray(**init_kwargs: Any) -> None:
     """`ray.init(**init_kwargs)` for a new local cluster, tried again when Ray's start timed
     out, after stopping the processes the failed start left running: Ray keeps no handle on
-    them, and a GCS and raylet left behind would take the cores the next start needs."""
+    them, and a GCS and raylet left behind would take the cores the next start needs. Its
+    processes get the socket retry above, unless the caller set one of its variables."""
+    if not any(k in os.environ for k in SOCKET_CONNECT_RETRY):
+        os.environ.update(SOCKET_CONNECT_RETRY)
     for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
         before = {child.pid for child in psutil.Process().children()}
         try:

@@ -108,10 +108,11 @@ class ShardPool:
         while len(self.slots) < self.num_workers:
             self.slots.append(self.start_worker())
 
-    def stop(self) -> None:
-        for slot in self.slots:
+    def stop(self, *, keep: int = 0) -> None:
+        """Kill the workers after the first `keep`."""
+        for slot in self.slots[keep:]:
             ray.kill(slot.actor, no_restart=True)
-        self.slots.clear()
+        del self.slots[keep:]
 
     def start_worker(self) -> _Slot:
         actor = _WORKER_CLASS.options(**self.options).remote(self.spec)
@@ -132,9 +133,7 @@ class ShardPool:
             if not shard_ids:
                 return result
             self.start()
-            for slot in self.slots[len(shard_ids):]:  # more workers than shards to give them
-                ray.kill(slot.actor, no_restart=True)
-            del self.slots[len(shard_ids):]
+            self.stop(keep=len(shard_ids))  # more workers than shards would idle
             # In the object store once: each call passes its reference, not a copy.
             _Dispatch(self, ray.put(job), shard_ids, result, on_commit, on_ready).run()
         finally:
