@@ -41,7 +41,10 @@ def stage_times(data: bytes, repeat: int, batch: int) -> dict[str, float]:
     torch on one thread (as a worker on a 2-core machine runs it)."""
     import torch
 
+    from segpipe.runtime.allocator import keep_freed_memory
+
     torch.set_num_threads(1)
+    keep_freed_memory()  # as the worker runs: freed batches stay mapped
     from segpipe.core.items import ImageRef
     from segpipe.formats import coco
     from segpipe.model.segmenter import ForwardedBatch, Segmenter

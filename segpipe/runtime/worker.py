@@ -17,6 +17,7 @@ from segpipe.core.items import RunContext, ShardResult
 from segpipe.destination.plan import load_shard
 from segpipe.io.storage import Folder
 from segpipe.model.segmenter import Segmenter
+from segpipe.runtime.allocator import keep_freed_memory
 from segpipe.sources import Source
 
 
@@ -66,6 +67,8 @@ class ShardWorker:
     next shard reads while this one computes; the model lock keeps forwards serial."""
 
     def __init__(self, spec: WorkerSpec) -> None:
+        # Before the model loads, so that its weights and every batch use the tuned heaps.
+        self.allocator_tuned = keep_freed_memory()
         self.spec = spec
         self.model_lock = threading.Lock()
         self.metrics = WorkerMetrics()
@@ -82,7 +85,8 @@ class ShardWorker:
         loaded = self.spec.segmenter.setup()
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
                 "device": str(loaded.device), "gpu_ids": ray.get_gpu_ids(),
-                "weights_sha256": loaded.weights_sha256, "ready_at": time.time()}
+                "weights_sha256": loaded.weights_sha256, "allocator_tuned": self.allocator_tuned,
+                "ready_at": time.time()}
 
     def process(self, job: ShardJob, shard_id: str, attempt: int) -> ShardResult:
         from segpipe.pipeline.shard import process_shard

@@ -47,6 +47,9 @@ def train_loop(cfg: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    from segpipe.runtime.allocator import keep_freed_memory
+
+    keep_freed_memory()  # each step frees and allocates its activations again
     settings: FinetuneConfig = cfg["settings"]
     plan: LabelPlan = cfg["plan"]
     train_set: list[Example] = cfg["train"]
