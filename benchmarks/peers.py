@@ -12,7 +12,7 @@ Corpora: synthetic scenes (`segpipe.demo.synth`) rendered at 640x480 and 1920x10
 photograph-like grain, saved as JPEG quality 90; every image is distinct.
 
     python -m benchmarks.peers [--quick] [--corpora 640x480:400,640x480:2000,1920x1080:200]
-        [--contenders segpipe,segpipe-draft,loop,raydata] [--cpus-per-worker 1 2]
+        [--contenders segpipe,segpipe-draft,loop,raydata] [--cpus-per-worker 1 2] [--rounds 1]
 
 Prints one JSON line per contender and corpus (wall, steady ms per image, fixed cost, CPU
 seconds per image) and one line of ratios per corpus; writes benchmarks/results/peers.json.
@@ -202,6 +202,15 @@ def measure(name: str, corpus: Path, images: list[str], model: str, model_dir: s
             "load_avg_1m_before": round(load0, 2), **extra}
 
 
+def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A contender's round with the median wall time, with every round's wall beside it: a
+    process's speed varies from one start to the next (the loop's most of all), so a single
+    round can flatter or wrong any contender."""
+    ordered = sorted(rows, key=lambda x: x["wall_s"])
+    middle = {k: v for k, v in ordered[(len(ordered) - 1) // 2].items() if k != "round"}
+    return {**middle, "walls_s": [x["wall_s"] for x in rows]} if len(rows) > 1 else middle
+
+
 def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Each peer's time over each segpipe contender's (its row with the most CPUs)."""
     most = max((x.get("cpus_per_worker", 0) for x in rows), default=0)
@@ -224,6 +233,9 @@ def main() -> None:
     parser.add_argument("--corpora", help=f"WxH:COUNT,... (default {FULL_CORPORA})")
     parser.add_argument("--contenders", default="segpipe,loop,raydata")
     parser.add_argument("--cpus-per-worker", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="runs of every contender per corpus, in alternating order; each "
+                        "contender's row is its median-wall round")
     parser.add_argument("--model", default="builtin:demo")
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "segpipe-peers"),
                         help="where the rendered corpora are kept between runs")
@@ -245,14 +257,18 @@ def main() -> None:
         width, height = map(int, size.split("x"))
         corpus = Path(args.cache) / f"{width}x{height}-{count}"
         images = [str(p) for p in render_corpus(corpus, width, height, int(count))]
-        rows = []
-        for name in args.contenders.split(","):
-            for cpus in (args.cpus_per_worker if name in SEGPIPES else [None]):
-                row = {"corpus": size, **measure(name, corpus, images, args.model, model_dir,
-                                                 cpus or 1.0)}
+        runs = [(name, cpus) for name in args.contenders.split(",")
+                for cpus in (args.cpus_per_worker if name in SEGPIPES else [None])]
+        rounds: dict[tuple[str, float | None], list[dict[str, Any]]] = {run: [] for run in runs}
+        for r in range(args.rounds):
+            for name, cpus in (runs if r % 2 == 0 else runs[::-1]):  # alternating order
+                row = {"corpus": size, "round": r,
+                       **measure(name, corpus, images, args.model, model_dir, cpus or 1.0)}
                 emit(row)
-                rows.append(row)
-        summary = {"corpus": size, "images": int(count), "ratios": ratios(rows),
+                rounds[(name, cpus)].append(row)
+        rows = [median_row(rounds[run]) for run in runs]
+        summary = {"corpus": size, "images": int(count), "rounds": args.rounds,
+                   "ratios": ratios(rows),
                    "load_avg_after": [round(x, 2) for x in os.getloadavg()]}
         emit(summary)
         results.append({**summary, "rows": rows})
@@ -262,6 +278,7 @@ def main() -> None:
         path := RESULTS_DIR / f"{name}.json").exists() else []
     ran = {(r["corpus"], r["images"]) for r in results}
     results = [r for r in previous if (r["corpus"], r["images"]) not in ran] + results
+    results.sort(key=lambda r: (r["corpus"] != "640x480", r["images"]))  # the issue's order
     write_result(name, {
         "cores": psutil.cpu_count(), "load_avg_after": [round(x, 2) for x in os.getloadavg()],
         "results": results,

@@ -30,6 +30,7 @@ BENCHMARKS = {
     "merge_reads": ["-m", "benchmarks.merge_reads"],
     "startup": ["-m", "benchmarks.startup"],
     "jpeg_draft": ["-m", "benchmarks.jpeg_draft"],
+    "allocator": ["-m", "benchmarks.allocator"],
 }
 
 
@@ -178,6 +179,10 @@ def peers_section() -> list[str]:
              "is segpipe with `--jpeg-draft` (opt-in: JPEGs decoded at a reduced libjpeg scale "
              "that still covers the model's input). Machine CPU "
              "counts every process of the machine, others' work included.", "",
+             "A corpus run with `--rounds N` ran every contender N times in alternating order; "
+             "its row is the contender's median-wall round, with every round's wall beside it "
+             "(one process's speed varies from one start to the next: the loop's steady rate "
+             "by up to a third on this machine).", "",
              f"One run on {peers['cores']} cores; load average (1, 5, 15 min) after the run "
              f"{peers['load_avg_after']}, and before each contender in its row: above "
              f"{peers['cores']}, the machine was shared with other work and every figure is "
@@ -188,7 +193,9 @@ def peers_section() -> list[str]:
         for x in corpus["rows"]:
             who = x["contender"] + (f" (--cpus-per-worker {x['cpus_per_worker']:g})"
                                     if x["contender"].startswith("segpipe") else "")
-            lines.append(f"| {x['images']} x {corpus['corpus']} | {who} | {x['wall_s']} | "
+            wall = (f"{x['wall_s']} (rounds: {', '.join(map(str, x['walls_s']))})"
+                    if "walls_s" in x else x["wall_s"])
+            lines.append(f"| {x['images']} x {corpus['corpus']} | {who} | {wall} | "
                          f"{x['steady_ms_per_image']} | {x['fixed_s']} | "
                          f"{x['machine_cpu_s_per_image']} | {x['load_avg_1m_before']} |")
     lines += ["", "| corpus | ratios (peer's time over segpipe's) |", "|---|---|"]
@@ -308,6 +315,24 @@ def merge_reads_section() -> list[str]:
             "annotations), one at a time."]
 
 
+def allocator_section() -> list[str]:
+    """The model process's allocator thresholds against glibc's defaults (benchmarks/allocator.py)."""
+    al = load("allocator")
+    if not al:
+        return []
+    d, t = al["median"]["default"], al["median"]["tuned"]
+    return [f"A worker's C allocator (`python -m benchmarks.allocator`; the demo model's preprocess "
+            f"and forward on {al['size']} JPEGs, batch {al['batch']}, torch on one thread, on a "
+            f"thread that is not the main one as in a worker, {len(al['rounds'])} rounds of fresh "
+            f"processes in alternating order, medians per image): glibc's defaults {d['cpu_ms']} ms "
+            f"of CPU, {d['kernel_ms']} ms of it in the kernel, {d['minor_faults']} minor page "
+            f"faults; with the worker's thresholds (`runtime.allocator`) {t['cpu_ms']} ms, "
+            f"{t['kernel_ms']} ms, {t['minor_faults']} faults (**{al['default_over_tuned_cpu']}x** "
+            "less CPU). With glibc's defaults a forward's freed activations went back to the "
+            "kernel (a thread's extra heap is unmapped as soon as it is empty) and every batch "
+            "faulted them in again, zeroed."]
+
+
 def jpeg_draft_section() -> list[str]:
     """--jpeg-draft against a full decode in the shard pipeline (benchmarks/jpeg_draft.py)."""
     jd = load("jpeg_draft")
@@ -397,7 +422,8 @@ def render() -> None:
              "| what | measured | figure | target | |", "|---|---|---|---|---|", *rows(), "",
              *e2e_notes(), "", *finetune_notes(),
              "## Against its peers on real-size images", "", *peers_section(), "",
-             *startup_section(), "", *stages_section(), "", *merge_choice_section(), "",
+             *startup_section(), "", *stages_section(), "", *allocator_section(), "",
+             *merge_choice_section(), "",
              *merge_reads_section(), "",
              *jpeg_draft_section(), "",
              "## GPU", "", *gpu_section(), ""]
