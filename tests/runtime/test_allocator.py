@@ -55,7 +55,7 @@ def test_freed_blocks_stay_mapped_for_the_next_batch():
 
 
 @pytest.mark.usefixtures("ray_cluster")
-def test_a_shard_worker_tunes_its_allocator_before_the_model_loads(tiny_model):
+def test_a_shard_worker_tunes_its_allocator(tiny_model):
     worker = ShardWorker.options(num_cpus=0).remote(WorkerSpec(Segmenter(tiny_model)))
     try:
         assert ray.get(worker.ready.remote(), timeout=120)["allocator_tuned"] is GLIBC
